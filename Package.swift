@@ -1,0 +1,63 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "gitaly-tap",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "gitaly-tap", targets: ["gitaly-tap"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        // Pure decoders: bytes in, events out. No channels, no clocks.
+        .target(
+            name: "TapWire",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
+            ]
+        ),
+        // Pure: span model, trace-context propagation, Gitaly attribute extraction.
+        .target(
+            name: "TapTrace",
+            dependencies: ["TapWire"]
+        ),
+        // The I/O edge: listeners, splice, sinks, runtime wiring.
+        .target(
+            name: "TapServer",
+            dependencies: [
+                "TapWire",
+                "TapTrace",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "gitaly-tap",
+            dependencies: [
+                "TapServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "TapWireTests",
+            dependencies: ["TapWire", .product(name: "NIOHPACK", package: "swift-nio-http2")]
+        ),
+        .testTarget(name: "TapTraceTests", dependencies: ["TapTrace"]),
+        .testTarget(
+            name: "TapServerTests",
+            dependencies: [
+                "TapServer", "TapWire", "TapTrace",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+    ]
+)

@@ -1,0 +1,162 @@
+import NIOCore
+import NIOPosix
+import TapWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One half of a 1:1 byte splice between a client channel and its upstream channel.
+///
+/// Bytes read on this channel are written unchanged to the partner channel and shown to the connection's tap.
+/// Backpressure: this channel is read only while the partner is writable, so at most one write-buffer water mark
+/// plus one read buffer is held per direction. Half-close, close and reset are mirrored to the partner.
+final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var partner: SpliceHandler?
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private var inputClosed = false
+    private var outputClosing = false
+    /// The direction of the bytes this channel reads.
+    private let readDirection: Direction
+    private let tap: ConnectionTap
+
+    private init(readDirection: Direction, tap: ConnectionTap) {
+        self.readDirection = readDirection
+        self.tap = tap
+    }
+
+    /// A linked pair: install `client` on the accepted channel and `upstream` on the channel to Gitaly.
+    static func pair(tap: ConnectionTap) -> (client: SpliceHandler, upstream: SpliceHandler) {
+        let client = SpliceHandler(readDirection: .clientToServer, tap: tap)
+        let upstream = SpliceHandler(readDirection: .serverToClient, tap: tap)
+        client.partner = upstream
+        upstream.partner = client
+        return (client, upstream)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        self.partner = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        tap.observe(buffer, direction: readDirection)
+        partner?.partnerWrite(buffer)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        partner?.partnerFlush()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        tap.sideClosed(readDirection)
+        partner?.partnerClose()
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            inputClosed = true
+            tap.halfClosed(readDirection)
+            partner?.partnerShutdownOutput()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        let reset = Self.isReset(error)
+        tap.failed(readDirection, error: error, reset: reset)
+        if reset { partner?.partnerReset() } else { partner?.partnerClose() }
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            partner?.partnerBecameWritable()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let partner, partner.partnerIsWritable {
+            context.read()
+        } else {
+            pendingRead = true
+        }
+    }
+
+    // MARK: Calls from the partner, on the same event loop.
+
+    private var partnerIsWritable: Bool { context?.channel.isWritable ?? false }
+
+    private func partnerWrite(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    private func partnerFlush() {
+        context?.flush()
+    }
+
+    private func partnerBecameWritable() {
+        if pendingRead {
+            pendingRead = false
+            context?.read()
+        }
+    }
+
+    /// The partner's peer half-closed: pass the end of stream on after everything already written.
+    private func partnerShutdownOutput() {
+        guard let context, !outputClosing else { return }
+        outputClosing = true
+        context.flush()
+        if inputClosed {
+            // Both directions ended. NIO would turn an output close into a full close that drops pending
+            // writes, so wait for them to drain first.
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        } else {
+            context.close(mode: .output, promise: nil)
+        }
+    }
+
+    /// The partner closed: close this side after the bytes already written have gone out.
+    private func partnerClose() {
+        guard let context else { return }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    /// The partner's peer reset its connection: reset this one too (SO_LINGER 0 makes close send RST on TCP).
+    private func partnerReset() {
+        guard let context else { return }
+        if let provider = context.channel as? any SocketOptionProvider {
+            let channel = context.channel
+            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    private static func isReset(_ error: Error) -> Bool {
+        if let io = error as? IOError {
+            return io.errnoCode == ECONNRESET || io.errnoCode == EPIPE
+        }
+        return false
+    }
+}

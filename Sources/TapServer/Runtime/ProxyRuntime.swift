@@ -1,0 +1,70 @@
+import Logging
+import NIOCore
+import NIOPosix
+import TapTrace
+import TapWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything `gitaly-tap proxy` needs to run.
+public struct ProxyRunOptions: Sendable {
+    public var proxy: ProxyConfiguration
+    /// Span log path, `-` for standard output, nil for none.
+    public var spansPath: String?
+    /// How long open connections may finish after SIGTERM/SIGINT.
+    public var drainTimeout: Duration = .seconds(30)
+    public var threads: Int = System.coreCount
+
+    public init(proxy: ProxyConfiguration, spansPath: String?) {
+        self.proxy = proxy
+        self.spansPath = spansPath
+    }
+}
+
+/// Runs the proxy until a termination signal, then drains and flushes.
+public enum ProxyRuntime {
+    /// Runs until SIGINT/SIGTERM (graceful; a second signal exits at once).
+    public static func run(_ options: ProxyRunOptions, logger: Logger) async throws {
+        var sinks: [any SpanSink] = []
+        if let path = options.spansPath {
+            do {
+                sinks.append(try SpanLogWriter(path: path))
+            } catch {
+                throw ProxyStartError(description: error.description)
+            }
+        }
+        let pipeline = SpanPipeline(sinks: sinks, logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.threads))
+        let proxy = TapProxy(configuration: options.proxy, pipeline: pipeline, group: group, logger: logger)
+        let signals = SignalStream.termination()
+        do {
+            try await proxy.start()
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        await withTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { await pipeline.run() }
+            var iterator = signals.makeAsyncIterator()
+            if let sig = await iterator.next() {
+                logger.info(
+                    "signal received: draining connections (send it again to exit at once)",
+                    metadata: ["signal": "\(sig)", "drain_timeout": "\(options.drainTimeout)"])
+                tasks.addTask {
+                    var again = iterator
+                    if await again.next() != nil {
+                        logger.warning("second signal: exiting now")
+                        exit(1)
+                    }
+                }
+            }
+            await proxy.stop(drain: options.drainTimeout)
+            pipeline.finish()
+            await tasks.next()
+            tasks.cancelAll()
+        }
+        try? await group.shutdownGracefully()
+    }
+}

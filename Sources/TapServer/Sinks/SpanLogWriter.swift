@@ -1,0 +1,81 @@
+import Synchronization
+import TapTrace
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Writes spans as JSON lines (DESIGN.md's span-log format) to a file or standard output.
+///
+/// Lines are buffered and written in blocks on `flush()` or when the buffer passes 64 KiB.
+public final class SpanLogWriter: SpanSink {
+    /// Why the log cannot be opened, phrased for the user.
+    public struct OpenError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    private struct State {
+        var fd: Int32
+        var buffer: [UInt8] = []
+        var failed = false
+    }
+
+    private let state: Mutex<State>
+    private let ownsDescriptor: Bool
+    /// Where the spans go, for log lines.
+    public let destination: String
+
+    /// Opens `path` for appending (created with mode 0644), or standard output for `-`.
+    public init(path: String) throws(OpenError) {
+        destination = path
+        if path == "-" {
+            state = Mutex(State(fd: STDOUT_FILENO))
+            ownsDescriptor = false
+        } else {
+            let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            guard fd >= 0 else {
+                let reason = String(cString: strerror(errno))
+                throw OpenError(description: "cannot open span log '\(path)': \(reason); check the directory exists and is writable")
+            }
+            state = Mutex(State(fd: fd))
+            ownsDescriptor = true
+        }
+    }
+
+    deinit {
+        flush()
+        if ownsDescriptor { state.withLock { _ = close($0.fd) } }
+    }
+
+    public func write(_ span: Span) {
+        let line = SpanJSONEncoder.encode(span)
+        let needsFlush = state.withLock { state in
+            state.buffer.append(contentsOf: line.utf8)
+            state.buffer.append(UInt8(ascii: "\n"))
+            return state.buffer.count >= 64 * 1024
+        }
+        if needsFlush { flush() }
+    }
+
+    public func flush() {
+        state.withLock { state in
+            guard !state.buffer.isEmpty, !state.failed else {
+                state.buffer.removeAll(keepingCapacity: true)
+                return
+            }
+            var offset = 0
+            state.buffer.withUnsafeBytes { raw in
+                while offset < raw.count {
+                    let n = Glibc.write(state.fd, raw.baseAddress! + offset, raw.count - offset)
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        state.failed = true
+                        return
+                    }
+                    offset += n
+                }
+            }
+            state.buffer.removeAll(keepingCapacity: true)
+        }
+    }
+}

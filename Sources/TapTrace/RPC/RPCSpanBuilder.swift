@@ -1,0 +1,143 @@
+import TapWire
+
+/// Turns a finished gRPC call and its connection into the one span the tap records for it.
+///
+/// The span continues the caller's trace when the request carried a valid context (traceparent, then
+/// uber-trace-id, then B3), else it starts a new trace. Pure apart from the random id source.
+public struct RPCSpanBuilder: Sendable {
+    public init() {}
+
+    /// The RPC span for `record`.
+    public func span(for record: GRPCCallRecord, connection: ConnectionInfo) -> Span {
+        var generator = SystemRandomNumberGenerator()
+        return span(for: record, connection: connection, using: &generator)
+    }
+
+    /// The RPC span for `record`, drawing new ids from `generator`.
+    public func span<G: RandomNumberGenerator>(
+        for record: GRPCCallRecord, connection: ConnectionInfo, using generator: inout G
+    ) -> Span {
+        let metadata = record.requestMetadata.map { (name: $0.name, value: $0.value) }
+        let extraction = TraceContextExtractor.extract(from: metadata)
+        var attributes = GitLabMetadata.attributes(from: metadata)
+
+        attributes["rpc.system"] = .string("grpc")
+        if let service = record.service { attributes["rpc.service"] = .string(service) }
+        if let method = record.methodName { attributes["rpc.method"] = .string(method) }
+        if let status = record.grpcStatus { attributes["rpc.grpc.status_code"] = .int(Int64(status)) }
+        attributes["network.transport"] = .string(connection.transport)
+        if !connection.peer.isEmpty { attributes["network.peer.address"] = .string(connection.peer) }
+        attributes["server.address"] = .string(connection.upstreamAddress)
+        attributes["tap.connection.id"] = .int(Int64(connection.id))
+        attributes["tap.stream.id"] = .int(Int64(record.streamID))
+        if let authority = record.authority { attributes["rpc.grpc.authority"] = .string(authority) }
+        if let timeout = record.timeoutNanos { attributes["rpc.grpc.timeout_ns"] = .int(timeout) }
+        if let encoding = record.requestEncoding { attributes["rpc.grpc.request.encoding"] = .string(encoding) }
+        if let http = record.httpStatus, http != 200 { attributes["http.response.status_code"] = .int(Int64(http)) }
+        attributes["rpc.grpc.request.messages"] = .int(Int64(record.requestMessages))
+        attributes["rpc.grpc.request.bytes"] = .int(Int64(record.requestBytes))
+        attributes["rpc.grpc.response.messages"] = .int(Int64(record.responseMessages))
+        attributes["rpc.grpc.response.bytes"] = .int(Int64(record.responseBytes))
+        if let first = record.firstResponseTime, first >= record.startTime {
+            attributes["rpc.grpc.time_to_first_response_ns"] = .int(Int64(first - record.startTime))
+        }
+        if let requestEnd = record.requestEndTime, requestEnd >= record.startTime {
+            attributes["rpc.grpc.request.duration_ns"] = .int(Int64(requestEnd - record.startTime))
+        }
+        attributes["rpc.grpc.end"] = .string(Self.endName(record.end))
+        if let message = record.firstRequestMessage, !record.firstRequestMessageCompressed,
+            let repository = RepositoryExtractor.extract(fromRequest: message.readableBytesView)
+        {
+            attributes.merge(repository.attributes) { _, new in new }
+        }
+
+        var traceID: TraceID
+        var parent: SpanID? = nil
+        var sampled = true
+        if let context = extraction.context {
+            traceID = context.traceID
+            parent = context.parentSpanID
+            sampled = context.sampled
+            attributes["tap.trace.propagation"] = .string(context.format.rawValue)
+        } else {
+            traceID = TraceID.random(using: &generator)
+        }
+        if !extraction.malformed.isEmpty {
+            attributes["tap.trace.malformed_headers"] = .stringArray(extraction.malformed)
+        }
+
+        return Span(
+            traceID: traceID,
+            spanID: SpanID.random(using: &generator),
+            parentSpanID: parent,
+            name: record.path.hasPrefix("/") ? String(record.path.dropFirst()) : record.path,
+            kind: .server,
+            startTimeUnixNano: record.startTime,
+            endTimeUnixNano: max(record.endTime, record.startTime),
+            status: Self.status(record),
+            attributes: attributes,
+            sampled: sampled)
+    }
+
+    /// A span for a connection the tap could not decode into calls (opaque bytes, an undecoded backchannel,
+    /// or one whose decoding stopped); nil for connections whose calls already have spans.
+    public func connectionSpan(for summary: ConnectionSummary) -> Span? {
+        guard summary.kind != "http2" || summary.decodingStopped != nil else { return nil }
+        var generator = SystemRandomNumberGenerator()
+        var attributes: [String: AttributeValue] = [
+            "network.transport": .string(summary.info.transport),
+            "server.address": .string(summary.info.upstreamAddress),
+            "tap.connection.id": .int(Int64(summary.info.id)),
+            "tap.connection.kind": .string(summary.kind),
+            "tap.connection.bytes_to_server": .int(Int64(summary.bytesToServer)),
+            "tap.connection.bytes_to_client": .int(Int64(summary.bytesToClient)),
+            "tap.connection.close_reason": .string(summary.closeReason),
+            "tap.connection.calls": .int(Int64(summary.calls)),
+        ]
+        if !summary.info.peer.isEmpty { attributes["network.peer.address"] = .string(summary.info.peer) }
+        if let stopped = summary.decodingStopped { attributes["tap.decoding.stopped"] = .string(stopped) }
+        return Span(
+            traceID: TraceID.random(using: &generator),
+            spanID: SpanID.random(using: &generator),
+            name: "gitaly-tap/connection",
+            kind: .server,
+            startTimeUnixNano: summary.info.startTimeUnixNano,
+            endTimeUnixNano: max(summary.endTimeUnixNano, summary.info.startTimeUnixNano),
+            status: summary.closeReason.hasPrefix("reset") || summary.closeReason.contains("error")
+                ? .init(code: .error, message: summary.closeReason) : .ok,
+            attributes: attributes)
+    }
+
+    static func endName(_ end: GRPCCallRecord.End) -> String {
+        switch end {
+        case .trailers: "trailers"
+        case .trailersOnly: "trailers_only"
+        case .reset: "reset"
+        case .refusedByGoAway: "refused_by_goaway"
+        case .connectionLost: "connection_lost"
+        case .decodingStopped: "decoding_stopped"
+        }
+    }
+
+    static func status(_ record: GRPCCallRecord) -> Span.Status {
+        switch record.end {
+        case .trailers, .trailersOnly:
+            guard let code = record.grpcStatus else {
+                let http = record.httpStatus.map { " (HTTP status \($0))" } ?? ""
+                return .init(code: .error, message: "response ended without grpc-status\(http)")
+            }
+            if code == 0 { return .ok }
+            let text = record.grpcMessage.map { "\(GRPCStatusName.name(code)): \($0)" } ?? GRPCStatusName.name(code)
+            return .init(code: .error, message: text)
+        case .reset(let by, let code):
+            let who = by == .clientToServer ? "client" : "server"
+            return .init(code: .error, message: "stream reset by \(who) (\(HTTP2ErrorCode.name(code)))")
+        case .refusedByGoAway(let code):
+            return .init(code: .error, message: "refused by the server's GOAWAY (\(HTTP2ErrorCode.name(code)))")
+        case .connectionLost:
+            return .init(code: .error, message: "connection lost before the call ended")
+        case .decodingStopped(let reason):
+            return .init(code: .error, message: "decoding stopped before the call ended: \(reason)")
+        }
+    }
+}

@@ -1,0 +1,118 @@
+import NIOCore
+
+/// What kind of connection the first bytes from the client announced (GITALY-WIRE.md §1).
+public enum ConnectionKind: String, Sendable {
+    /// Fewer than 11 bytes seen so far.
+    case undetermined
+    /// Plain HTTP/2 (gRPC), starting with the connection preface.
+    case http2
+    /// The `backchannel` handshake: a yamux session follows.
+    case backchannel
+    /// Anything else; still forwarded and measured.
+    case opaque
+}
+
+/// The passive decoder of one proxied connection: sniffs its kind, then decodes a copy of its bytes.
+///
+/// It never sees the forwarding path: it gets the same buffers, reads slices of them and reports finished calls.
+/// After the first decoding error it stops for good (`stoppedReason`) and ends its open calls; it never throws.
+public struct ConnectionDecoder: Sendable {
+    /// Bytes that decide the connection kind.
+    public static let sniffLength = 11
+    static let backchannelMagic: [UInt8] = Array("backchannel".utf8)
+
+    public private(set) var kind: ConnectionKind = .undetermined
+    /// Why decoding stopped, when it did.
+    public private(set) var stoppedReason: String?
+    /// Bytes seen per direction (also counted after decoding stopped).
+    public private(set) var bytesToServer = 0
+    public private(set) var bytesToClient = 0
+
+    private var sniffed: [UInt8] = []
+    private var heldBack: [(ByteBuffer, Direction, UInt64)] = []
+    private var heldBackBytes = 0
+    private var session: HTTP2SessionDecoder?
+    private let limits: GRPCCallAssembler.Limits
+
+    public init(limits: GRPCCallAssembler.Limits = .init()) {
+        self.limits = limits
+    }
+
+    /// True while the decoder still decodes (not stopped, kind not opaque).
+    public var isDecoding: Bool { stoppedReason == nil && kind != .opaque }
+
+    /// Feeds a copy of bytes that were forwarded in `direction` at `time` (ns since the epoch).
+    public mutating func feed(_ buffer: ByteBuffer, direction: Direction, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
+        if direction == .clientToServer { bytesToServer += buffer.readableBytes } else { bytesToClient += buffer.readableBytes }
+        guard isDecoding else { return }
+        if kind == .undetermined {
+            sniff(buffer, direction: direction, at: time, emit: emit)
+            return
+        }
+        decode(buffer, direction: direction, at: time, emit: emit)
+    }
+
+    /// The connection closed: ends open calls as lost.
+    public mutating func close(at time: UInt64, emit: (GRPCCallRecord) -> Void) {
+        session?.finish(end: .connectionLost, at: time, emit: emit)
+        session = nil
+    }
+
+    /// Stops decoding with `reason`, ending open calls; forwarding is unaffected.
+    public mutating func stop(_ reason: String, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
+        guard stoppedReason == nil else { return }
+        stoppedReason = reason
+        session?.finish(end: .decodingStopped(reason), at: time, emit: emit)
+        session = nil
+        heldBack = []
+    }
+
+    private mutating func sniff(_ buffer: ByteBuffer, direction: Direction, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
+        if direction == .serverToClient {
+            // Servers speak second on every kind we know; keep their bytes until the kind is known.
+            heldBackBytes += buffer.readableBytes
+            guard heldBackBytes <= 1 << 20 else {
+                stop("server sent over 1 MiB before the client's first 11 bytes", at: time, emit: emit)
+                return
+            }
+            heldBack.append((buffer, direction, time))
+            return
+        }
+        let take = min(Self.sniffLength - sniffed.count, buffer.readableBytes)
+        sniffed += buffer.getBytes(at: buffer.readerIndex, length: take)!
+        heldBack.append((buffer, direction, time))
+        // Decide as soon as the prefix can no longer match a known magic.
+        let preface = HTTP2Preface.bytes[0..<Self.sniffLength]
+        let matchesHTTP2 = sniffed[...] == preface.prefix(sniffed.count)
+        let matchesBackchannel = sniffed[...] == Self.backchannelMagic.prefix(sniffed.count)
+        if !matchesHTTP2, !matchesBackchannel {
+            kind = .opaque
+            heldBack = []
+            return
+        }
+        guard sniffed.count == Self.sniffLength else { return }
+        if matchesHTTP2 {
+            kind = .http2
+            session = HTTP2SessionDecoder(limits: limits)
+        } else {
+            // Decoding the yamux session is the backchannel decoder's job; until then it is measured only.
+            kind = .backchannel
+            heldBack = []
+            return
+        }
+        let pending = heldBack
+        heldBack = []
+        for (bytes, dir, t) in pending {
+            decode(bytes, direction: dir, at: t, emit: emit)
+        }
+    }
+
+    private mutating func decode(_ buffer: ByteBuffer, direction: Direction, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
+        guard session != nil else { return }
+        do {
+            try session!.feed(buffer, direction: direction, at: time, emit: emit)
+        } catch {
+            stop((error as? WireDecodingError)?.reason ?? "\(error)", at: time, emit: emit)
+        }
+    }
+}

@@ -1,0 +1,100 @@
+import NIOCore
+
+/// Everything the tap learned about one gRPC call (one HTTP/2 stream), handed out when the call ends.
+///
+/// Times are nanoseconds since the Unix epoch, from the clock the caller injects into the decoder.
+public struct GRPCCallRecord: Sendable {
+    /// How the call ended.
+    public enum End: Sendable, Hashable {
+        /// The server sent trailers (HEADERS with END_STREAM) after its response headers.
+        case trailers
+        /// The server answered with a single HEADERS frame carrying the status (Trailers-Only).
+        case trailersOnly
+        /// A RST_STREAM ended the stream; `by` is the direction the frame travelled in.
+        case reset(by: Direction, code: UInt32)
+        /// The server's GOAWAY said this stream was never processed.
+        case refusedByGoAway(code: UInt32)
+        /// The connection closed before the call ended.
+        case connectionLost
+        /// The decoder stopped before the call ended (the reason is in the connection's log line).
+        case decodingStopped(String)
+    }
+
+    /// One message in either direction, as needed by recorders.
+    public struct MessageInfo: Sendable {
+        public var direction: Direction
+        public var time: UInt64
+        public var compressed: Bool
+        public var length: Int
+        public var captured: ByteBuffer?
+    }
+
+    public var streamID: UInt32
+    /// The raw `:path`, e.g. `/gitaly.RepositoryService/RepositoryExists`.
+    public var path: String
+    public var authority: String?
+    public var method: String?
+    public var contentType: String?
+    /// Request metadata without pseudo-headers and without `authorization`.
+    public var requestMetadata: [HeaderField]
+    /// True when the request carried `authorization` (its value is never kept).
+    public var hadAuthorization = false
+    /// `grpc-timeout` in nanoseconds.
+    public var timeoutNanos: Int64?
+    public var requestEncoding: String?
+    public var httpStatus: Int?
+    public var responseMetadata: [HeaderField] = []
+    public var trailers: [HeaderField] = []
+    public var grpcStatus: Int?
+    /// Percent-decoded `grpc-message`.
+    public var grpcMessage: String?
+
+    public var requestMessages = 0
+    /// Payload bytes of request messages (prefixes excluded).
+    public var requestBytes = 0
+    /// DATA content bytes the client sent on this stream (prefixes included).
+    public var requestWireBytes = 0
+    public var responseMessages = 0
+    public var responseBytes = 0
+    public var responseWireBytes = 0
+
+    /// The first request message (up to the capture limit), for attribute extraction.
+    public var firstRequestMessage: ByteBuffer?
+    public var firstRequestMessageCompressed = false
+    public var firstRequestMessageLength = 0
+
+    /// Every message, when the decoder was told to keep them (recording); empty otherwise.
+    public var messages: [MessageInfo] = []
+
+    public var startTime: UInt64
+    /// When the client half-closed its side.
+    public var requestEndTime: UInt64?
+    /// When the first response byte (HEADERS or DATA) from the server was seen.
+    public var firstResponseTime: UInt64?
+    public var endTime: UInt64 = 0
+    public var end: End = .connectionLost
+
+    public init(streamID: UInt32, path: String, startTime: UInt64) {
+        self.streamID = streamID
+        self.path = path
+        self.requestMetadata = []
+        self.startTime = startTime
+    }
+
+    /// `package.Service` from `:path`.
+    public var service: String? {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true)
+        return parts.count == 2 ? String(parts[0]) : nil
+    }
+
+    /// The method name from `:path`.
+    public var methodName: String? {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true)
+        return parts.count == 2 ? String(parts[1]) : nil
+    }
+
+    /// The first value of request metadata `name`.
+    public func requestHeader(_ name: String) -> String? {
+        requestMetadata.first { $0.name == name }?.value
+    }
+}
