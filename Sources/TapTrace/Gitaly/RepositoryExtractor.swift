@@ -19,7 +19,8 @@ public enum RepositoryExtractor {
     ///   - fieldPath: field numbers from the outer message down to the repository; `[1]` for most RPCs,
     ///     e.g. `[1, 1]` for requests whose field 1 is a header message holding the repository as its field 1.
     /// - Returns: nil when the path's fields are absent or not length-delimited, the repository bytes are not valid
-    ///   protobuf, a string is not UTF-8, or both `storage_name` and `relative_path` are empty.
+    ///   protobuf, a string is not UTF-8, both `storage_name` and `relative_path` are empty, or either holds a
+    ///   control character (the mark of a different message read as a repository).
     public static func extract(
         fromRequest message: some RandomAccessCollection<UInt8>,
         fieldPath: [Int] = defaultFieldPath
@@ -100,8 +101,16 @@ public enum RepositoryExtractor {
                 return nil
             }
         }
-        guard !repository.storageName.isEmpty || !repository.relativePath.isEmpty else { return nil }
+        guard !repository.storageName.isEmpty || !repository.relativePath.isEmpty,
+            isPlainText(repository.storageName), isPlainText(repository.relativePath)
+        else { return nil }
         return repository
+    }
+
+    /// Storage names and relative paths never hold control characters, but an embedded message read as a string
+    /// does (its tags are bytes like 0x0A): this is what rejects, say, a request header whose field 2 is a `User`.
+    private static func isPlainText(_ text: String) -> Bool {
+        !text.utf8.contains { $0 < 0x20 || $0 == 0x7F }
     }
 
     /// The field's payload as a string; nil when the field is not length-delimited or the bytes are not UTF-8.

@@ -1,8 +1,11 @@
 /// A 128-bit trace id, as W3C Trace Context and OpenTelemetry define it.
 public struct TraceID: Hashable, Sendable, CustomStringConvertible {
+    /// The first 8 bytes (the first 16 hex digits).
     public var high: UInt64
+    /// The last 8 bytes (the last 16 hex digits).
     public var low: UInt64
 
+    /// An id from its two halves.
     public init(high: UInt64, low: UInt64) {
         self.high = high
         self.low = low
@@ -24,10 +27,13 @@ public struct TraceID: Hashable, Sendable, CustomStringConvertible {
 
 /// A 64-bit span id.
 public struct SpanID: Hashable, Sendable, CustomStringConvertible {
+    /// The id's bits.
     public var value: UInt64
 
+    /// An id from its bits.
     public init(_ value: UInt64) { self.value = value }
 
+    /// True when non-zero; the zero id is invalid everywhere.
     public var isValid: Bool { value != 0 }
 
     /// 16 lower-case hex digits.
@@ -44,21 +50,28 @@ public struct SpanID: Hashable, Sendable, CustomStringConvertible {
 public struct TraceContext: Hashable, Sendable {
     /// Which header the context came from.
     public enum Format: String, Sendable {
+        /// W3C Trace Context `traceparent`.
         case w3c = "traceparent"
+        /// Jaeger `uber-trace-id`.
         case jaeger = "uber-trace-id"
+        /// Zipkin B3, single or multi header.
         case b3 = "b3"
     }
 
+    /// The trace the caller belongs to.
     public var traceID: TraceID
     /// The caller's span: the parent of the span the tap records.
     public var parentSpanID: SpanID?
+    /// Whether the caller sampled the trace.
     public var sampled: Bool
+    /// Which header the context came from.
     public var format: Format
     /// W3C `tracestate`, kept verbatim.
     public var traceState: String?
     /// Jaeger `uberctx-*` baggage, keyed without the prefix.
     public var baggage: [String: String]
 
+    /// A context from its parts.
     public init(
         traceID: TraceID,
         parentSpanID: SpanID?,
@@ -78,41 +91,57 @@ public struct TraceContext: Hashable, Sendable {
 
 /// A value of a span attribute; the JSON log and OTLP both map these one to one.
 public enum AttributeValue: Hashable, Sendable {
+    /// A string.
     case string(String)
+    /// A signed 64-bit integer.
     case int(Int64)
+    /// A double; non-finite values are written as strings in JSON.
     case double(Double)
+    /// A boolean.
     case bool(Bool)
+    /// A list of strings.
     case stringArray([String])
 }
 
 /// One finished span, the unit every sink receives.
 public struct Span: Sendable, Equatable {
+    /// OpenTelemetry span kind; the raw value is the span log's spelling.
     public enum Kind: String, Sendable {
         case server, client, `internal`
     }
 
+    /// OpenTelemetry status code; the raw value is the span log's spelling.
     public enum StatusCode: String, Sendable {
         case ok, error, unset
     }
 
+    /// The span's outcome.
     public struct Status: Sendable, Equatable {
+        /// Whether the operation succeeded.
         public var code: StatusCode
+        /// What went wrong, for an error.
         public var message: String?
 
+        /// A status from its parts.
         public init(code: StatusCode, message: String? = nil) {
             self.code = code
             self.message = message
         }
 
+        /// Success, without a message.
         public static let ok = Status(code: .ok)
     }
 
     /// A timestamped event inside a span (OpenTelemetry span event).
     public struct Event: Sendable, Equatable {
+        /// What happened.
         public var name: String
+        /// When, in nanoseconds since the Unix epoch.
         public var timeUnixNano: UInt64
+        /// Details of the event.
         public var attributes: [String: AttributeValue]
 
+        /// An event from its parts.
         public init(name: String, timeUnixNano: UInt64, attributes: [String: AttributeValue] = [:]) {
             self.name = name
             self.timeUnixNano = timeUnixNano
@@ -120,19 +149,30 @@ public struct Span: Sendable, Equatable {
         }
     }
 
+    /// The trace this span belongs to.
     public var traceID: TraceID
+    /// This span's own id.
     public var spanID: SpanID
+    /// The caller's span, or nil for a root span.
     public var parentSpanID: SpanID?
+    /// For an RPC span, `<package.Service>/<Method>`.
     public var name: String
+    /// Server for RPCs the tap observed.
     public var kind: Kind
+    /// Start, in nanoseconds since the Unix epoch.
     public var startTimeUnixNano: UInt64
+    /// End, in nanoseconds since the Unix epoch.
     public var endTimeUnixNano: UInt64
+    /// The outcome.
     public var status: Status
+    /// Flat attributes, OpenTelemetry keys where they exist.
     public var attributes: [String: AttributeValue]
+    /// Timestamped events inside the span.
     public var events: [Event]
     /// Whether the caller asked for this trace to be sampled (kept from its context).
     public var sampled: Bool
 
+    /// A span from its parts.
     public init(
         traceID: TraceID,
         spanID: SpanID,

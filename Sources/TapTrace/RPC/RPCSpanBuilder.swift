@@ -131,7 +131,16 @@ public struct RPCSpanBuilder: Sendable {
             return .init(code: .error, message: text)
         case .reset(let by, let code):
             let who = by == .clientToServer ? "client" : "server"
-            return .init(code: .error, message: "stream reset by \(who) (\(HTTP2ErrorCode.name(code)))")
+            let reset = "stream reset by \(who) (\(HTTP2ErrorCode.name(code)))"
+            // A client cancels with RST_STREAM when its deadline passes; say so when the timing shows it.
+            if by == .clientToServer, let timeout = record.timeoutNanos, timeout > 0,
+                record.endTime >= record.startTime, Int64(record.endTime - record.startTime) >= timeout
+            {
+                return .init(
+                    code: .error,
+                    message: "DEADLINE_EXCEEDED: the client's \(timeout / 1_000_000) ms deadline passed; \(reset)")
+            }
+            return .init(code: .error, message: reset)
         case .refusedByGoAway(let code):
             return .init(code: .error, message: "refused by the server's GOAWAY (\(HTTP2ErrorCode.name(code)))")
         case .connectionLost:
