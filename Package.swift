@@ -48,7 +48,8 @@ let package = Package(
         ),
         .testTarget(
             name: "TapWireTests",
-            dependencies: ["TapWire", .product(name: "NIOHPACK", package: "swift-nio-http2")]
+            dependencies: ["TapWire", .product(name: "NIOHPACK", package: "swift-nio-http2")],
+            exclude: ["Fixtures"]
         ),
         .testTarget(name: "TapTraceTests", dependencies: ["TapTrace"]),
         .testTarget(

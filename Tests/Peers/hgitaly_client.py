@@ -181,7 +181,7 @@ def run_call(channel, c, md, timeout):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    peerlib.add_client_args(ap)
+    peerlib.add_client_args(ap, target_required=False)
     ap.add_argument("--calls", default=",".join(DEFAULT_CALLS),
                     help="comma-separated call names, or 'all' (default: %(default)s)")
     ap.add_argument("--repo", default="proj.git", help="Gitaly relative_path")
@@ -200,6 +200,8 @@ def main():
         for c in table.values():
             print("%-26s %-44s %-13s %s" % (c.name, c.path, c.kind, c.expected))
         return
+    if not args.target:
+        ap.error("--target is required")
     names = list(table) if args.calls == "all" else [n.strip() for n in args.calls.split(",") if n.strip()]
     unknown = [n for n in names if n not in table]
     if unknown:

@@ -47,9 +47,9 @@ def grpc_target(addr):
     return addr  # host:port
 
 
-def add_client_args(parser):
+def add_client_args(parser, target_required=True):
     """Command-line options for the GitLab-like client metadata."""
-    parser.add_argument("--target", required=True,
+    parser.add_argument("--target", required=target_required,
                         help="unix:/abs/path or tcp://host:port")
     parser.add_argument("--correlation-id", default=DEFAULT_CORRELATION_ID)
     parser.add_argument("--auth-hex", default=DEFAULT_AUTH_HEX,

@@ -45,6 +45,15 @@ public struct RPCSpanBuilder: Sendable {
             attributes["rpc.grpc.request.duration_ns"] = .int(Int64(requestEnd - record.startTime))
         }
         attributes["rpc.grpc.end"] = .string(Self.endName(record.end))
+        if let yamux = record.yamuxStreamID {
+            attributes["tap.yamux.stream.id"] = .int(Int64(yamux))
+            attributes["gitaly.backchannel"] = .bool(true)
+            if record.fromGitaly { attributes["gitaly.backchannel.from_gitaly"] = .bool(true) }
+        }
+        var events: [Span.Event] = []
+        if let sidechannel = record.sidechannel {
+            Self.addSidechannel(sidechannel, ssh: record.service == "gitaly.SSHService", to: &attributes, events: &events)
+        }
         if let message = record.firstRequestMessage, !record.firstRequestMessageCompressed,
             let repository = RepositoryExtractor.extract(fromRequest: message.readableBytesView)
         {
@@ -76,6 +85,7 @@ public struct RPCSpanBuilder: Sendable {
             endTimeUnixNano: max(record.endTime, record.startTime),
             status: Self.status(record),
             attributes: attributes,
+            events: events,
             sampled: sampled)
     }
 
@@ -106,6 +116,37 @@ public struct RPCSpanBuilder: Sendable {
             status: summary.closeReason.hasPrefix("reset") || summary.closeReason.contains("error")
                 ? .init(code: .error, message: summary.closeReason) : .ok,
             attributes: attributes)
+    }
+
+    /// Sidechannel figures: bytes each way, duration, and the band split (SSH: stdout/stderr; HTTP: pack/progress).
+    static func addSidechannel(
+        _ sidechannel: SidechannelRecord, ssh: Bool, to attributes: inout [String: AttributeValue],
+        events: inout [Span.Event]
+    ) {
+        attributes["gitaly.sidechannel.bytes_to_server"] = .int(Int64(sidechannel.bytesToServer))
+        attributes["gitaly.sidechannel.bytes_to_client"] = .int(Int64(sidechannel.bytesToClient))
+        if sidechannel.endTime >= sidechannel.openTime {
+            attributes["gitaly.sidechannel.duration_ns"] = .int(Int64(sidechannel.endTime - sidechannel.openTime))
+        }
+        attributes["gitaly.sidechannel.yamux_stream_id"] = .int(Int64(sidechannel.yamuxStreamID))
+        switch sidechannel.end {
+        case .closed: attributes["gitaly.sidechannel.end"] = .string("closed")
+        case .reset(let by):
+            attributes["gitaly.sidechannel.end"] = .string(by == .clientToServer ? "reset_by_client" : "reset_by_gitaly")
+        case .connectionLost: attributes["gitaly.sidechannel.end"] = .string("connection_lost")
+        }
+        if let bands = sidechannel.serverBands {
+            attributes[ssh ? "gitaly.sidechannel.stdout_bytes" : "gitaly.sidechannel.pack_bytes"] = .int(Int64(bands[1]))
+            attributes[ssh ? "gitaly.sidechannel.stderr_bytes" : "gitaly.sidechannel.progress_bytes"] = .int(Int64(bands[2]))
+            if bands[3] > 0 { attributes["gitaly.sidechannel.error_bytes"] = .int(Int64(bands[3])) }
+        }
+        events.append(.init(name: "sidechannel.open", timeUnixNano: sidechannel.openTime))
+        if let done = sidechannel.clientDoneTime {
+            events.append(.init(name: "sidechannel.client_done", timeUnixNano: done))
+        }
+        if sidechannel.endTime > 0 {
+            events.append(.init(name: "sidechannel.close", timeUnixNano: sidechannel.endTime))
+        }
     }
 
     static func endName(_ end: GRPCCallRecord.End) -> String {

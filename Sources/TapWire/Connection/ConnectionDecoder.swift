@@ -32,6 +32,9 @@ public struct ConnectionDecoder: Sendable {
     private var heldBack: [(ByteBuffer, Direction, UInt64)] = []
     private var heldBackBytes = 0
     private var session: HTTP2SessionDecoder?
+    private var backchannel: BackchannelDecoder?
+    /// Bytes of the `backchannel` magic still to skip before the yamux session starts.
+    private var magicRemaining = 0
     private let limits: GRPCCallAssembler.Limits
 
     public init(limits: GRPCCallAssembler.Limits = .init()) {
@@ -56,7 +59,12 @@ public struct ConnectionDecoder: Sendable {
     public mutating func close(at time: UInt64, emit: (GRPCCallRecord) -> Void) {
         session?.finish(end: .connectionLost, at: time, emit: emit)
         session = nil
+        backchannel?.finish(end: .connectionLost, at: time, emit: emit)
+        backchannel = nil
     }
+
+    /// Sidechannels seen on a backchannel connection.
+    public var sidechannels: Int { backchannel?.sidechannelCount ?? 0 }
 
     /// Stops decoding with `reason`, ending open calls; forwarding is unaffected.
     public mutating func stop(_ reason: String, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
@@ -64,6 +72,8 @@ public struct ConnectionDecoder: Sendable {
         stoppedReason = reason
         session?.finish(end: .decodingStopped(reason), at: time, emit: emit)
         session = nil
+        backchannel?.finish(end: .decodingStopped(reason), at: time, emit: emit)
+        backchannel = nil
         heldBack = []
     }
 
@@ -95,10 +105,9 @@ public struct ConnectionDecoder: Sendable {
             kind = .http2
             session = HTTP2SessionDecoder(limits: limits)
         } else {
-            // Decoding the yamux session is the backchannel decoder's job; until then it is measured only.
             kind = .backchannel
-            heldBack = []
-            return
+            backchannel = BackchannelDecoder(limits: limits)
+            magicRemaining = Self.sniffLength
         }
         let pending = heldBack
         heldBack = []
@@ -108,9 +117,19 @@ public struct ConnectionDecoder: Sendable {
     }
 
     private mutating func decode(_ buffer: ByteBuffer, direction: Direction, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
-        guard session != nil else { return }
         do {
-            try session!.feed(buffer, direction: direction, at: time, emit: emit)
+            if session != nil {
+                try session!.feed(buffer, direction: direction, at: time, emit: emit)
+            } else if backchannel != nil {
+                var buffer = buffer
+                if direction == .clientToServer, magicRemaining > 0 {
+                    let n = min(magicRemaining, buffer.readableBytes)
+                    buffer.moveReaderIndex(forwardBy: n)
+                    magicRemaining -= n
+                    if buffer.readableBytes == 0 { return }
+                }
+                try backchannel!.feed(buffer, direction: direction, at: time, emit: emit)
+            }
         } catch {
             stop((error as? WireDecodingError)?.reason ?? "\(error)", at: time, emit: emit)
         }

@@ -66,6 +66,13 @@ public struct GRPCCallRecord: Sendable {
     /// Every message, when the decoder was told to keep them (recording); empty otherwise.
     public var messages: [MessageInfo] = []
 
+    /// The yamux stream carrying this call's HTTP/2 session, for calls on a backchannel connection.
+    public var yamuxStreamID: UInt32?
+    /// True for calls Gitaly made to the client over the backchannel (the reverse session).
+    public var fromGitaly = false
+    /// The sidechannel named by `gitaly-sidechannel-id`, once it ended.
+    public var sidechannel: SidechannelRecord?
+
     public var startTime: UInt64
     /// When the client half-closed its side.
     public var requestEndTime: UInt64?
