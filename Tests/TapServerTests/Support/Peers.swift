@@ -111,9 +111,19 @@ final class PeerProcess: @unchecked Sendable {
     func stop() {
         signal(SIGTERM)
         let deadline = Date().addingTimeInterval(5)
-        while process.isRunning, Date() < deadline { usleep(20_000) }
-        signal(SIGKILL)
+        while !exited, Date() < deadline { usleep(10_000) }
+        if !exited { signal(SIGKILL) }
         process.waitUntilExit()
+    }
+
+    /// True once the process is gone or a zombie; Foundation's `isRunning` can lag behind by seconds.
+    var exited: Bool {
+        guard process.processIdentifier > 0,
+            let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return true }
+        let state = stat[stat.index(close, offsetBy: 2)]
+        return state == "Z" || state == "X"
     }
 }
 
