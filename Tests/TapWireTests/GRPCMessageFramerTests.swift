@@ -17,7 +17,10 @@ private func frame(
     var seen: [Seen] = []
     for piece in pieces {
         framer.feed(ByteBuffer(bytes: piece), captureLimit: captureLimit) { message in
-            seen.append(Seen(compressed: message.compressed, length: message.length, captured: message.captured.map { Array($0.readableBytesView) }))
+            seen.append(
+                Seen(
+                    compressed: message.compressed, length: message.length,
+                    captured: message.captured.map { Array($0.readableBytesView) }))
         }
     }
     return (seen, framer)
@@ -39,7 +42,9 @@ struct GRPCMessageFramerTests {
 
     @Test("several messages in one piece are all reported, in order")
     func severalInOnePiece() {
-        let bytes = Frames.message([1, 2, 3]) + Frames.message([], compressed: true) + Frames.message(Array(repeating: 9, count: 300))
+        let bytes =
+            Frames.message([1, 2, 3]) + Frames.message([], compressed: true)
+            + Frames.message(Array(repeating: 9, count: 300))
         let (seen, framer) = frame([bytes])
         #expect(seen.map(\.length) == [3, 0, 300])
         #expect(seen.map(\.compressed) == [false, true, false])
@@ -65,7 +70,9 @@ struct GRPCMessageFramerTests {
     func zeroLength() {
         var framer = GRPCMessageFramer()
         var messages: [GRPCMessageFramer.Message] = []
-        framer.feed(ByteBuffer(bytes: Frames.message([]) + Frames.message([]) + Frames.message([])), captureLimit: { _ in 100 }) {
+        framer.feed(
+            ByteBuffer(bytes: Frames.message([]) + Frames.message([]) + Frames.message([])), captureLimit: { _ in 100 }
+        ) {
             messages.append($0)
         }
         #expect(messages.count == 3)
@@ -122,10 +129,13 @@ struct GRPCMessageFramerTests {
         var framer = GRPCMessageFramer()
         var captured: [[UInt8]?] = []
         let bytes = Frames.message([1]) + Frames.message([2]) + Frames.message([3])
-        framer.feed(ByteBuffer(bytes: bytes), captureLimit: { index in
-            asked.append(index)
-            return index == 1 ? 10 : 0
-        }) { captured.append($0.captured.map { Array($0.readableBytesView) }) }
+        framer.feed(
+            ByteBuffer(bytes: bytes),
+            captureLimit: { index in
+                asked.append(index)
+                return index == 1 ? 10 : 0
+            }
+        ) { captured.append($0.captured.map { Array($0.readableBytesView) }) }
         #expect(asked == [0, 1, 2])
         #expect(captured == [nil, [2], nil])
     }
@@ -137,7 +147,9 @@ struct GRPCMessageFramerTests {
         #expect(framer.isAtMessageBoundary)
         framer.feed(ByteBuffer(bytes: [0, 0, 0]), captureLimit: { _ in 0 }) { _ in count += 1 }
         #expect(!framer.isAtMessageBoundary, "inside the prefix")
-        framer.feed(ByteBuffer(bytes: [0, 100] + Array(repeating: 1, count: 60)), captureLimit: { _ in 0 }) { _ in count += 1 }
+        framer.feed(ByteBuffer(bytes: [0, 100] + Array(repeating: 1, count: 60)), captureLimit: { _ in 0 }) { _ in
+            count += 1
+        }
         #expect(!framer.isAtMessageBoundary, "inside the payload")
         #expect(count == 0)
         #expect(framer.payloadBytes == 60)
@@ -156,7 +168,7 @@ struct GRPCMessageFramerTests {
     }
 
     @Test("an error thrown by onMessage propagates to the caller")
-    func rethrows() {
+    func onMessageErrorPropagates() {
         struct Stop: Error {}
         var framer = GRPCMessageFramer()
         #expect(throws: Stop.self) {
@@ -171,7 +183,9 @@ struct GRPCMessageFramerTests {
             var bytes: [UInt8] = []
             for _ in 0..<Int.random(in: 0...6, using: &rng) {
                 let length = Int.random(in: 0...70, using: &rng)
-                bytes += Frames.message((0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }, compressed: Bool.random(using: &rng))
+                bytes += Frames.message(
+                    (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) },
+                    compressed: Bool.random(using: &rng))
             }
             let limit = Int.random(in: 0...80, using: &rng)
             let (whole, _) = frame([bytes], captureLimit: { _ in limit })

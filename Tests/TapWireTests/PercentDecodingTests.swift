@@ -76,8 +76,8 @@ struct GRPCTimeoutTests {
     @Test("a value too large for Int64 nanoseconds saturates instead of overflowing")
     func saturates() {
         #expect(GRPCTimeout.nanoseconds("99999999H") == Int64.max)
-        #expect(GRPCTimeout.nanoseconds("99999999M") == Int64.max)
-        // 99999999 S = 9.9e16 ns still fits.
+        // The largest values that still fit: 99999999 M = 6.0e18 ns, 99999999 S = 1.0e17 ns.
+        #expect(GRPCTimeout.nanoseconds("99999999M") == 5_999_999_940_000_000_000)
         #expect(GRPCTimeout.nanoseconds("99999999S") == 99_999_999_000_000_000)
     }
 

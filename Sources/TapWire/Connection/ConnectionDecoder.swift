@@ -59,12 +59,18 @@ public struct ConnectionDecoder: Sendable {
     public mutating func close(at time: UInt64, emit: (GRPCCallRecord) -> Void) {
         session?.finish(end: .connectionLost, at: time, emit: emit)
         session = nil
-        backchannel?.finish(end: .connectionLost, at: time, emit: emit)
-        backchannel = nil
+        finishBackchannel(end: .connectionLost, at: time, emit: emit)
     }
 
     /// Sidechannels seen on a backchannel connection.
-    public var sidechannels: Int { backchannel?.sidechannelCount ?? 0 }
+    public var sidechannels: Int { backchannel?.sidechannelCount ?? finishedSidechannels }
+    private var finishedSidechannels = 0
+
+    private mutating func finishBackchannel(end: GRPCCallRecord.End, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
+        guard var decoder = backchannel.take() else { return }
+        finishedSidechannels = decoder.sidechannelCount
+        decoder.finish(end: end, at: time, emit: emit)
+    }
 
     /// Stops decoding with `reason`, ending open calls; forwarding is unaffected.
     public mutating func stop(_ reason: String, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
@@ -72,8 +78,7 @@ public struct ConnectionDecoder: Sendable {
         stoppedReason = reason
         session?.finish(end: .decodingStopped(reason), at: time, emit: emit)
         session = nil
-        backchannel?.finish(end: .decodingStopped(reason), at: time, emit: emit)
-        backchannel = nil
+        finishBackchannel(end: .decodingStopped(reason), at: time, emit: emit)
         heldBack = []
     }
 

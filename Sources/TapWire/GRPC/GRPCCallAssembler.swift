@@ -28,8 +28,8 @@ public struct GRPCCallAssembler: Sendable {
 
     private var calls: [UInt32: OpenCall] = [:]
     public var limits: Limits
-    /// Highest stream id the server's GOAWAY allows; streams above it were refused.
-    private var goAwayLastStream: UInt32?
+    /// Highest stream id and code of the server's GOAWAY; streams above it are refused.
+    private var goAway: (lastStream: UInt32, code: UInt32)?
 
     public init(limits: Limits = Limits()) {
         self.limits = limits
@@ -62,7 +62,9 @@ public struct GRPCCallAssembler: Sendable {
                 throw WireDecodingError("more than \(limits.maxOpenCalls) calls open at once")
             }
             var record = GRPCCallRecord(streamID: streamID, path: headers.first(name: ":path") ?? "", startTime: time)
-            for (name, value, _) in headers {
+            for (rawName, value, _) in headers {
+                // HTTP/2 requires lower-case names, but a peer may send otherwise; never let a secret slip by case.
+                let name = rawName.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? rawName.lowercased() : rawName
                 switch name {
                 case ":path", ":scheme": continue
                 case ":authority": record.authority = value
@@ -82,7 +84,13 @@ public struct GRPCCallAssembler: Sendable {
                 }
             }
             if endStream { record.requestEndTime = time }
-            calls[streamID] = OpenCall(record: record)
+            var call = OpenCall(record: record)
+            if let goAway, streamID > goAway.lastStream {
+                // Sent before the client read the server's GOAWAY: the server will not process it.
+                finish(&call, end: .refusedByGoAway(code: goAway.code), at: time, emit: emit)
+                return
+            }
+            calls[streamID] = call
         case .serverToClient:
             guard var call = calls[streamID] else { return }
             if call.record.firstResponseTime == nil { call.record.firstResponseTime = time }
@@ -182,7 +190,7 @@ public struct GRPCCallAssembler: Sendable {
         lastStreamID: UInt32, direction: Direction, code: UInt32, at time: UInt64, emit: (GRPCCallRecord) -> Void
     ) {
         guard direction == .serverToClient else { return }
-        goAwayLastStream = lastStreamID
+        goAway = (lastStreamID, code)
         for id in calls.keys.sorted() where id > lastStreamID {
             if var call = calls[id] {
                 finish(&call, end: .refusedByGoAway(code: code), at: time, emit: emit)

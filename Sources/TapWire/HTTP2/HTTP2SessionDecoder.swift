@@ -75,6 +75,7 @@ public struct HTTP2SessionDecoder: Sendable {
                 try Self.checkNoPendingBlock(side, before: "DATA")
                 assembler.data(piece, streamID: streamID, direction: direction, at: time)
             case .dataEnd(let header):
+                try Self.checkNoPendingBlock(side, before: "DATA")
                 side.frames += 1
                 if header.has(.endStream) {
                     assembler.endStream(streamID: header.streamID, direction: direction, at: time, emit: emit)

@@ -11,7 +11,8 @@ so each fixture pair is exactly the bytes of one HTTP/2 connection, per directio
 
 Scenarios are kept small (a few KB) because the tests replay each one split at every byte.
 Everything that could vary between runs is pinned (token timestamp, payloads, correlation id),
-except grpc-timeout (remaining time) and PING payloads, which the tests do not compare.
+except grpc-timeout (remaining time), PING payloads and :authority (grpcio sends the percent-encoded
+socket path, which holds a temporary directory name); the tests check those loosely.
 """
 import os
 import shutil

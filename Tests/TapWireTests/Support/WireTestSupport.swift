@@ -1,9 +1,8 @@
 import Foundation
 import NIOCore
 import NIOHPACK
-import Testing
-
 import TapWire
+import Testing
 
 // MARK: - Fixtures captured from real grpcio traffic
 
@@ -38,7 +37,8 @@ struct WireFixture: Sendable, CustomStringConvertible {
     /// fixture: the client's bytes up to its first RST_STREAM (a cancel comes after the reply that caused it), then
     /// everything the server sent, then the rest of the client's bytes.
     var timeline: [Chunk] {
-        let cut = Self.offsetOfFirstFrame(ofType: 0x3, in: clientToServer, skippingPreface: true) ?? clientToServer.count
+        let cut =
+            Self.offsetOfFirstFrame(ofType: 0x3, in: clientToServer, skippingPreface: true) ?? clientToServer.count
         var chunks = [Chunk(direction: .clientToServer, bytes: Array(clientToServer[..<cut]), time: 1)]
         chunks.append(Chunk(direction: .serverToClient, bytes: serverToClient, time: 2))
         if cut < clientToServer.count {
@@ -261,14 +261,20 @@ enum Frames {
     }
 
     static func settingsAck() -> [UInt8] { frame(type: 0x4, flags: ack, stream: 0) }
-    static func ping(ack isAck: Bool = false) -> [UInt8] { frame(type: 0x6, flags: isAck ? ack : 0, stream: 0, [1, 2, 3, 4, 5, 6, 7, 8]) }
-    static func windowUpdate(stream: UInt32, _ increment: UInt32 = 65535) -> [UInt8] { frame(type: 0x8, stream: stream, be32(increment)) }
+    static func ping(ack isAck: Bool = false) -> [UInt8] {
+        frame(type: 0x6, flags: isAck ? ack : 0, stream: 0, [1, 2, 3, 4, 5, 6, 7, 8])
+    }
+    static func windowUpdate(stream: UInt32, _ increment: UInt32 = 65535) -> [UInt8] {
+        frame(type: 0x8, stream: stream, be32(increment))
+    }
     static func rstStream(stream: UInt32, code: UInt32) -> [UInt8] { frame(type: 0x3, stream: stream, be32(code)) }
     static func goAway(lastStream: UInt32, code: UInt32, debug: String = "") -> [UInt8] {
         frame(type: 0x7, stream: 0, be32(lastStream) + be32(code) + Array(debug.utf8))
     }
 
-    static func headers(stream: UInt32, block: [UInt8], endStream end: Bool = false, endHeaders eh: Bool = true) -> [UInt8] {
+    static func headers(stream: UInt32, block: [UInt8], endStream end: Bool = false, endHeaders eh: Bool = true)
+        -> [UInt8]
+    {
         frame(type: 0x1, flags: (end ? endStream : 0) | (eh ? endHeaders : 0), stream: stream, block)
     }
 
@@ -287,7 +293,10 @@ enum Frames {
 
     static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(truncatingIfNeeded: v)] }
     static func be32(_ v: UInt32) -> [UInt8] {
-        [UInt8(v >> 24), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v)]
+        [
+            UInt8(v >> 24), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 8),
+            UInt8(truncatingIfNeeded: v),
+        ]
     }
 }
 
@@ -345,7 +354,9 @@ struct SyntheticSession {
             send(.clientToServer, Frames.headers(stream: stream, block: block, endStream: endRequest))
         } else {
             send(.clientToServer, Frames.headers(stream: stream, block: block))
-            send(.clientToServer, Frames.data(stream: stream, messages.flatMap { Frames.message($0) }, endStream: endRequest))
+            send(
+                .clientToServer,
+                Frames.data(stream: stream, messages.flatMap { Frames.message($0) }, endStream: endRequest))
         }
     }
 
@@ -355,14 +366,21 @@ struct SyntheticSession {
         if !messages.isEmpty {
             send(.serverToClient, Frames.data(stream: stream, messages.flatMap { Frames.message($0) }))
         }
-        send(.serverToClient, Frames.headers(stream: stream, block: server.encode(BlockEncoder.trailers(status: status, message: message)), endStream: true))
+        send(
+            .serverToClient,
+            Frames.headers(
+                stream: stream, block: server.encode(BlockEncoder.trailers(status: status, message: message)),
+                endStream: true))
     }
 
     /// Every chunk concatenated per direction, fed as one buffer each (client first).
     var wholeStreams: [Chunk] {
         let c2s = chunks.filter { $0.direction == .clientToServer }.flatMap(\.bytes)
         let s2c = chunks.filter { $0.direction == .serverToClient }.flatMap(\.bytes)
-        return [Chunk(direction: .clientToServer, bytes: c2s, time: 1), Chunk(direction: .serverToClient, bytes: s2c, time: 2)]
+        return [
+            Chunk(direction: .clientToServer, bytes: c2s, time: 1),
+            Chunk(direction: .serverToClient, bytes: s2c, time: 2),
+        ]
     }
 }
 
