@@ -122,23 +122,32 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if inputClosed {
             // Both directions ended. NIO would turn an output close into a full close that drops pending
             // writes, so wait for them to drain first.
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in
-                channel.close(promise: nil)
-            }
+            closeAfterDrain(context)
         } else {
             context.close(mode: .output, promise: nil)
         }
     }
 
-    /// The partner closed: close this side after the bytes already written have gone out.
+    /// The partner closed: close this side after the bytes already written have gone out, or after
+    /// `lingerLimit` if its peer stopped reading (the bytes would never drain).
     private func partnerClose() {
         guard let context else { return }
+        closeAfterDrain(context)
+    }
+
+    private func closeAfterDrain(_ context: ChannelHandlerContext) {
         let channel = context.channel
+        let deadline = context.eventLoop.scheduleTask(in: Self.lingerLimit) {
+            channel.close(promise: nil)
+        }
         context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in
+            deadline.cancel()
             channel.close(promise: nil)
         }
     }
+
+    /// How long a closing side may take to deliver what it already accepted.
+    static let lingerLimit: TimeAmount = .seconds(30)
 
     /// The partner's peer reset its connection: reset this one too (SO_LINGER 0 makes close send RST on TCP).
     private func partnerReset() {
