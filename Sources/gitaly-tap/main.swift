@@ -21,11 +21,23 @@ struct UsageFailure: Error, CustomStringConvertible {
     var description: String
 }
 
-func makeLogger(level: String) throws -> Logger {
+func makeLogger(level: String, format: String = "auto") throws -> Logger {
     guard let parsed = Logger.Level(rawValue: level) else {
         throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
     }
+    let json: Bool
+    switch format {
+    case "json": json = true
+    case "text": json = false
+    case "auto": json = isatty(STDERR_FILENO) == 0
+    default: throw ValidationError("--log-format must be auto, json or text")
+    }
     LoggingSystem.bootstrap { label in
+        if json {
+            var handler = JSONLogHandler(label: label)
+            handler.logLevel = parsed
+            return handler
+        }
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = parsed
         return handler
@@ -67,8 +79,14 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
+    @Option(help: "Log format: json (like Gitaly's logs), text, or auto (text on a terminal, else json).")
+    var logFormat: String = "auto"
+
+    @Option(help: "Serve Prometheus /metrics and /health on tcp://host:port or unix:/path.")
+    var metrics: String?
+
     func run() async throws {
-        let logger = try makeLogger(level: logLevel)
+        let logger = try makeLogger(level: logLevel, format: logFormat)
         let listenAddress: TapAddress
         let upstreamAddress: TapAddress
         do {
@@ -81,6 +99,13 @@ struct Proxy: AsyncParsableCommand {
             proxy: ProxyConfiguration(listen: listenAddress, upstream: upstreamAddress),
             spansPath: spans)
         options.drainTimeout = .seconds(drainTimeout)
+        if let metrics {
+            do {
+                options.metricsAddress = try TapAddress(parsing: metrics)
+            } catch {
+                throw fail("--metrics: \(error)")
+            }
+        }
         do {
             try await ProxyRuntime.run(options, logger: logger)
         } catch let error as ProxyStartError {

@@ -44,6 +44,9 @@ public final class TapProxy: Sendable {
         self.logger = logger
     }
 
+    /// True while the listener accepts connections.
+    public var isListening: Bool { serverChannel.withLock { $0?.isActive ?? false } }
+
     /// Number of client connections currently open.
     public var openConnections: Int { connections.withLock { $0.count } }
 

@@ -16,6 +16,8 @@ public struct ProxyRunOptions: Sendable {
     /// How long open connections may finish after SIGTERM/SIGINT.
     public var drainTimeout: Duration = .seconds(30)
     public var threads: Int = System.coreCount
+    /// Where to serve `/metrics` and `/health`, if anywhere.
+    public var metricsAddress: TapAddress?
 
     public init(proxy: ProxyConfiguration, spansPath: String?) {
         self.proxy = proxy
@@ -35,13 +37,21 @@ public enum ProxyRuntime {
                 throw ProxyStartError(description: error.description)
             }
         }
-        let pipeline = SpanPipeline(sinks: sinks, logger: logger)
+        let metrics = options.metricsAddress.map { _ in TapMetrics() }
+        let pipeline = SpanPipeline(sinks: sinks, metrics: metrics, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.threads))
         let proxy = TapProxy(configuration: options.proxy, pipeline: pipeline, group: group, logger: logger)
         let signals = SignalStream.termination()
+        var metricsServer: MetricsServer?
         do {
             try await proxy.start()
+            if let metrics, let address = options.metricsAddress {
+                Self.registerGauges(metrics, proxy: proxy, pipeline: pipeline)
+                metricsServer = try await MetricsServer(
+                    address: address, metrics: metrics, group: group, logger: logger, healthy: { proxy.isListening })
+            }
         } catch {
+            await proxy.stop(drain: .zero)
             try? await group.shutdownGracefully()
             throw error
         }
@@ -62,9 +72,25 @@ public enum ProxyRuntime {
             }
             await proxy.stop(drain: options.drainTimeout)
             pipeline.finish()
+            await metricsServer?.close()
             await tasks.next()
             tasks.cancelAll()
         }
         try? await group.shutdownGracefully()
+    }
+
+    /// Values read at scrape time.
+    static func registerGauges(_ metrics: TapMetrics, proxy: TapProxy, pipeline: SpanPipeline) {
+        metrics.register(name: "gitaly_tap_connections_open", help: "Client connections open now.") {
+            [("", Double(proxy.openConnections))]
+        }
+        metrics.register(name: "gitaly_tap_spans_total", help: "Spans built from observed calls and connections.", type: "counter") {
+            [("", Double(pipeline.currentCounts.spans))]
+        }
+        metrics.register(
+            name: "gitaly_tap_spans_dropped_total", help: "Observations dropped because the span queue was full.", type: "counter"
+        ) {
+            [("", Double(pipeline.currentCounts.dropped))]
+        }
     }
 }

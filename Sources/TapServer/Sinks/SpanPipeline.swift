@@ -29,12 +29,17 @@ public final class SpanPipeline: Sendable {
     private let sinks: [any SpanSink]
     private let builder: RPCSpanBuilder
     private let logger: Logger
+    private let metrics: TapMetrics?
 
-    /// Creates a pipeline holding at most `capacity` unprocessed items.
-    public init(sinks: [any SpanSink], builder: RPCSpanBuilder = RPCSpanBuilder(), capacity: Int = 65_536, logger: Logger) {
+    /// Creates a pipeline holding at most `capacity` unprocessed items; `metrics` also hears of every connection.
+    public init(
+        sinks: [any SpanSink], builder: RPCSpanBuilder = RPCSpanBuilder(), capacity: Int = 65_536,
+        metrics: TapMetrics? = nil, logger: Logger
+    ) {
         (stream, continuation) = AsyncStream.makeStream(of: Item.self, bufferingPolicy: .bufferingOldest(capacity))
-        self.sinks = sinks
+        self.sinks = sinks + (metrics.map { [$0] } ?? [])
         self.builder = builder
+        self.metrics = metrics
         self.logger = logger
     }
 
@@ -105,6 +110,7 @@ public final class SpanPipeline: Sendable {
             for sink in sinks { sink.write(span) }
         case .connection(let summary):
             counts.withLock { $0.connections += 1 }
+            metrics?.connectionClosed(summary)
             guard let span = builder.connectionSpan(for: summary) else { return }
             counts.withLock { $0.spans += 1 }
             for sink in sinks { sink.write(span) }

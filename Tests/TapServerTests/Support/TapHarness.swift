@@ -18,12 +18,13 @@ struct TapHarness: Sendable {
     /// Runs `body` with a tap listening on `listen` in front of `upstream`, then drains it.
     static func with<T: Sendable>(
         listen: TapAddress, upstream: TapAddress, limits: GRPCCallAssemblerLimits = .init(),
+        metrics: TapMetrics? = nil,
         _ body: (TapHarness) async throws -> T
     ) async throws -> T {
         var logger = Logger(label: "tap-test")
         logger.logLevel = .warning
         let sink = CollectingSpanSink()
-        let pipeline = SpanPipeline(sinks: [sink], logger: logger)
+        let pipeline = SpanPipeline(sinks: [sink], metrics: metrics, logger: logger)
         let proxy = TapProxy(
             configuration: ProxyConfiguration(listen: listen, upstream: upstream, limits: limits.value),
             pipeline: pipeline, group: MultiThreadedEventLoopGroup.singleton, logger: logger)

@@ -1,0 +1,75 @@
+import Foundation
+import Logging
+import NIOPosix
+import TapServer
+import Testing
+
+/// `--metrics`: Prometheus text with Gitaly's gRPC metric names, matching the calls made.
+@Suite(.serialized)
+struct MetricsTests {
+    /// GET `path` over HTTP/1.1 with a raw socket; returns (status line, body).
+    static func get(_ port: Int, _ path: String) throws -> (String, String) {
+        let socket = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
+        try socket.write(Array("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+        var bytes: [UInt8] = []
+        _ = try socket.readToEnd(timeout: 10) { bytes += $0 }
+        let text = String(decoding: bytes, as: UTF8.self)
+        let parts = text.components(separatedBy: "\r\n\r\n")
+        return (parts[0].components(separatedBy: "\r\n")[0], parts.dropFirst().joined(separator: "\r\n\r\n"))
+    }
+
+    static func value(_ metrics: String, _ prefix: String) -> Double? {
+        for line in metrics.split(separator: "\n") where line.hasPrefix(prefix) {
+            return Double(line.split(separator: " ").last!)
+        }
+        return nil
+    }
+
+    @Test("metrics count calls by service, method and code, with latency histograms, bytes and connections")
+    func metricsMatchTheCallsMade() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let (server, unixAddress, _) = try await EchoPeerTests.startEchoServer(in: dir)
+        defer { server.stop() }
+        let metrics = TapMetrics()
+        var logger = Logger(label: "metrics-test")
+        logger.logLevel = .warning
+        try await TapHarness.with(
+            listen: .unix(path: dir.file("tap.sock")), upstream: try TapAddress(parsing: unixAddress), metrics: metrics
+        ) { tap in
+            let endpoint = try await MetricsServer(
+                address: .tcp(host: "127.0.0.1", port: 0), metrics: metrics, group: MultiThreadedEventLoopGroup.singleton,
+                logger: logger, healthy: { tap.proxy.isListening })
+            let port = try #require(endpoint.port)
+            #expect(try Self.get(port, "/health").0.contains("200"))
+            for scenario in ["unary", "unary", "unary", "error", "trailers_only", "server_stream"] {
+                let result = try await EchoPeerTests.client(tap.address, scenario)
+                #expect(result.status == 0)
+            }
+            try await tap.waitForSpans { $0.filter { $0.name.hasPrefix("taptest.") }.count >= 6 }
+            // Connections are counted when they close; wait for all six.
+            let deadline = ContinuousClock.now + .seconds(10)
+            var text = ""
+            while ContinuousClock.now < deadline {
+                text = try Self.get(port, "/metrics").1
+                if Self.value(text, "gitaly_tap_connections_total{kind=\"http2\"}") == 6 { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let unary = "grpc_method=\"Unary\",grpc_service=\"taptest.Echo\",grpc_type=\"unary\""
+            let stream = "grpc_method=\"ServerStream\",grpc_service=\"taptest.Echo\",grpc_type=\"server_stream\""
+            #expect(Self.value(text, "grpc_server_handled_total{grpc_code=\"OK\",\(unary)}") == 3, "\(text)")
+            #expect(Self.value(text, "grpc_server_handled_total{grpc_code=\"NotFound\",\(unary)}") == 1)
+            #expect(Self.value(text, "grpc_server_handled_total{grpc_code=\"InvalidArgument\",\(stream)}") == 1)
+            #expect(Self.value(text, "grpc_server_handled_total{grpc_code=\"OK\",\(stream)}") == 1)
+            #expect(Self.value(text, "grpc_server_started_total{\(unary)}") == 4)
+            #expect(Self.value(text, "grpc_server_handling_seconds_count{\(unary)}") == 4)
+            #expect(Self.value(text, "grpc_server_handling_seconds_bucket{\(unary),le=\"+Inf\"}") == 4)
+            #expect(Self.value(text, "grpc_server_msg_sent_total{\(stream)}") == 201)
+            #expect(Self.value(text, "gitaly_tap_connections_total{kind=\"http2\"}") == 6)
+            #expect((Self.value(text, "gitaly_tap_forwarded_bytes_total{direction=\"to_client\"}") ?? 0) > 200 * 32 * 1024)
+            #expect(text.contains("# TYPE grpc_server_handling_seconds histogram"))
+            #expect(try Self.get(port, "/nope").0.contains("404"))
+            await endpoint.close()
+        }
+    }
+}
