@@ -269,8 +269,7 @@ def main():
     md = peerlib.client_metadata(args)
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     all_ok = True
-    with grpc.insecure_channel(peerlib.grpc_target(args.target),
-                               options=peerlib.channel_options(args)) as ch:
+    with peerlib.open_channel(grpc, args) as ch:
         stub = taptest_pb2_grpc.EchoStub(ch)
         for run in range(args.count):
             for name in names:

@@ -174,7 +174,16 @@ class Echo(taptest_pb2_grpc.EchoServicer):
         call.trailers()
 
 
-def bind(server, addr):
+def bind(server, addr, tls=None):
+    if addr.startswith("tls://"):
+        if tls is None:
+            sys.exit("echo_server: tls:// listen needs --tls-cert and --tls-key")
+        hostport = addr[len("tls://"):]
+        host, _, port = hostport.rpartition(":")
+        bound = server.add_secure_port(hostport, tls)
+        if not bound:
+            sys.exit("echo_server: cannot bind %s" % addr)
+        return "tls://%s:%d" % (host, bound)
     if addr.startswith("unix:"):
         path = addr[len("unix:"):]
         if path.startswith("//"):
@@ -203,7 +212,13 @@ def main():
     ap.add_argument("--listen", action="append", required=True,
                     help="unix:/abs/path or tcp://127.0.0.1:PORT (port 0: any); repeatable")
     ap.add_argument("--workers", type=int, default=64, help="thread pool size")
+    ap.add_argument("--tls-cert", help="PEM certificate for tls:// listen addresses")
+    ap.add_argument("--tls-key", help="PEM key for tls:// listen addresses")
     args = ap.parse_args()
+    tls = None
+    if args.tls_cert and args.tls_key:
+        with open(args.tls_key, "rb") as k, open(args.tls_cert, "rb") as c:
+            tls = grpc.ssl_server_credentials([(k.read(), c.read())])
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=args.workers),
@@ -215,7 +230,7 @@ def main():
     )
     taptest_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
     try:
-        bound = [bind(server, a) for a in args.listen]
+        bound = [bind(server, a, tls) for a in args.listen]
     except RuntimeError as e:
         sys.exit("echo_server: bind failed: %s" % e)
     server.start()
@@ -224,7 +239,9 @@ def main():
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     print("READY " + json.dumps({"listen": bound, "pid": os.getpid()}), flush=True)
-    done.wait()
+    # A timed wait lets the main thread run the signal handler promptly.
+    while not done.wait(0.1):
+        pass
     server.stop(grace=0).wait()
     for a in bound:
         if a.startswith("unix:"):

@@ -35,6 +35,8 @@ def grpc_target(addr):
     """Gitaly address -> grpc target string."""
     if addr.startswith("tcp://"):
         return addr[len("tcp://"):]
+    if addr.startswith("tls://"):
+        return addr[len("tls://"):]
     if addr.startswith("unix:"):
         path = addr[len("unix:"):]
         if path.startswith("//"):  # unix:///abs
@@ -67,6 +69,10 @@ def add_client_args(parser, target_required=True):
                         help="extra metadata (repeatable)")
     parser.add_argument("--authority", default=None,
                         help="override :authority (grpc.default_authority)")
+    parser.add_argument("--tls-ca", default=None,
+                        help="PEM CA file: connect with TLS (use with tls:// targets)")
+    parser.add_argument("--tls-server-name", default=None,
+                        help="name to verify in the server certificate (default: the target host)")
     parser.add_argument("--timing", action="store_true",
                         help="add elapsed_ms to each JSON line (not deterministic)")
 
@@ -139,3 +145,15 @@ class Digest:
 
     def hexdigest(self):
         return self.h.hexdigest()
+
+
+def open_channel(grpc, args):
+    """A plain or TLS channel to --target, with channel_options(args)."""
+    options = channel_options(args)
+    target = grpc_target(args.target)
+    if getattr(args, "tls_ca", None) or args.target.startswith("tls://"):
+        root = open(args.tls_ca, "rb").read() if args.tls_ca else None
+        if args.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", args.tls_server_name))
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root), options=options)
+    return grpc.insecure_channel(target, options=options)

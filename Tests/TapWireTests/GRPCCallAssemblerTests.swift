@@ -313,27 +313,33 @@ struct GRPCCallAssemblerTests {
         #expect(r.firstRequestMessage.map { Array($0.readableBytesView) } == [1, 2, 3, 4])
         #expect(r.firstRequestMessageLength == 10)
         #expect(r.firstRequestMessageCompressed)
-        #expect(r.messages.isEmpty, "messages are kept only when asked")
+        #expect(h.assembler.takeEvents().isEmpty, "events are reported only when asked")
     }
 
-    @Test("with keepMessages every message is listed with direction, time, length and up to messageCapture bytes")
-    func keepMessages() throws {
+    @Test("with recordEvents every message is reported as it completes, with up to messageCapture bytes")
+    func recordEventsMessages() throws {
         var limits = GRPCCallAssembler.Limits()
-        limits.keepMessages = true
+        limits.recordEvents = true
         limits.messageCapture = 2
         limits.firstMessageCapture = 1
         var h = Harness(limits: limits)
         try h.request(stream: 1)
         h.data(Frames.message([1, 2, 3]) + Frames.message([4, 5, 6]), stream: 1, .clientToServer, at: 5)
         h.data(Frames.message([7]), stream: 1, .serverToClient, at: 6)
+        let messages = h.assembler.takeEvents().compactMap { event -> (UInt64, WireMessage)? in
+            if case .message(let m) = event.kind { return (event.time, m) }
+            return nil
+        }
+        #expect(messages.map(\.1.direction) == [.clientToServer, .clientToServer, .serverToClient])
+        #expect(messages.map(\.0) == [5, 5, 6])
+        #expect(messages.map(\.1.length) == [3, 3, 1])
+        #expect(messages.map { Array($0.1.payload.readableBytesView) } == [[1, 2], [4, 5], [7]])
+        #expect(messages.map(\.1.truncated) == [true, true, false])
         h.assembler.finishAll(end: .connectionLost, at: 7) { h.records.append($0) }
         let r = try #require(h.records.first)
-        #expect(r.messages.map(\.direction) == [.clientToServer, .clientToServer, .serverToClient])
-        #expect(r.messages.map(\.time) == [5, 5, 6])
-        #expect(r.messages.map(\.length) == [3, 3, 1])
-        #expect(r.messages.map { $0.captured.map { Array($0.readableBytesView) } } == [[1, 2], [4, 5], [7]])
         #expect(
             r.firstRequestMessage.map { Array($0.readableBytesView) } == [1], "the first message keeps its own limit")
+        #expect(h.assembler.takeEvents().map(\.time) == [7], "only the end is left")
     }
 
     @Test("a record's service and method need a path of exactly two parts")

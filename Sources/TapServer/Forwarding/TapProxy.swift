@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 import TapTrace
 import TapWire
@@ -14,6 +15,8 @@ public struct ProxyConfiguration: Sendable {
     public var writeBufferLow = 128 * 1024
     public var writeBufferHigh = 512 * 1024
     public var connectTimeout: TimeAmount = .seconds(5)
+    /// Certificates for `tls://` listeners and upstreams.
+    public var tls = TLSSettings()
 
     public init(listen: TapAddress, upstream: TapAddress, limits: GRPCCallAssembler.Limits = .init()) {
         self.listen = listen
@@ -36,6 +39,7 @@ public final class TapProxy: Sendable {
     private let serverChannel = Mutex<(any Channel)?>(nil)
     private let connections = Mutex<[UInt64: any Channel]>([:])
     private let nextConnectionID = Atomic<UInt64>(1)
+    private let tlsContexts = Mutex<(server: NIOSSLContext?, client: NIOSSLContext?)>((nil, nil))
 
     public init(configuration: ProxyConfiguration, pipeline: SpanPipeline, group: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
@@ -54,6 +58,9 @@ public final class TapProxy: Sendable {
     @discardableResult
     public func start() async throws -> SocketAddress {
         let configuration = self.configuration
+        let serverTLS: NIOSSLContext? = if case .tls = configuration.listen { try configuration.tls.serverContext() } else { nil }
+        let clientTLS: NIOSSLContext? = if case .tls = configuration.upstream { try configuration.tls.clientContext() } else { nil }
+        tlsContexts.withLock { $0 = (serverTLS, clientTLS) }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -73,10 +80,8 @@ public final class TapProxy: Sendable {
                 try UnixSocketPath.prepare(path)
                 channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
                 try UnixSocketPath.setGroupAccessible(path)
-            case .tcp(let host, let port):
+            case .tcp(let host, let port), .tls(let host, let port):
                 channel = try await bootstrap.bind(host: host, port: port).get()
-            case .tls:
-                throw ProxyStartError(description: "tls:// listeners are not supported yet; use unix: or tcp://")
             }
         } catch let error as UnixSocketPath.Refusal {
             throw ProxyStartError(description: error.description)
@@ -121,6 +126,9 @@ public final class TapProxy: Sendable {
         let (clientHandler, upstreamHandler) = SpliceHandler.pair(tap: tap)
         let loop = child.eventLoop
         let handlers = NIOLoopBound((clientHandler, upstreamHandler), eventLoop: loop)
+        let (serverTLS, clientTLS) = tlsContexts.withLock { $0 }
+        var upstreamTLSName: String? = nil
+        if case .tls(let host, _) = configuration.upstream { upstreamTLSName = configuration.tls.serverName(for: host) }
         var upstreamBootstrap = ClientBootstrap(group: loop)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -130,22 +138,30 @@ public final class TapProxy: Sendable {
                 value: .init(low: configuration.writeBufferLow, high: configuration.writeBufferHigh)
             )
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 * 1024, maximum: 256 * 1024))
-            .channelInitializer { channel in
+            .channelInitializer { [connectionLogger] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let clientTLS {
+                        try channel.pipeline.syncOperations.addHandler(
+                            NIOSSLClientHandler(context: clientTLS, serverHostname: upstreamTLSName))
+                        try channel.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "upstream", logger: connectionLogger))
+                    }
                     try channel.pipeline.syncOperations.addHandler(handlers.value.1)
                 }
             }
-        if case .tcp = configuration.upstream {
+        if configuration.upstream.transport == "tcp" {
             upstreamBootstrap = upstreamBootstrap.channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
         }
         let connect: EventLoopFuture<any Channel>
         switch configuration.upstream {
         case .unix(let path): connect = upstreamBootstrap.connect(unixDomainSocketPath: path)
-        case .tcp(let host, let port): connect = upstreamBootstrap.connect(host: host, port: port)
-        case .tls: connect = loop.makeFailedFuture(ProxyStartError(description: "tls:// upstreams are not supported yet"))
+        case .tcp(let host, let port), .tls(let host, let port): connect = upstreamBootstrap.connect(host: host, port: port)
         }
         let logger = connectionLogger
         return connect.flatMapThrowing { upstream in
+            if let serverTLS {
+                try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverTLS))
+                try child.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "client", logger: logger))
+            }
             try child.pipeline.syncOperations.addHandler(handlers.value.0)
             self.track(id: id, client: child, upstream: upstream)
             // Reads from the upstream were held back until the client side could take them.

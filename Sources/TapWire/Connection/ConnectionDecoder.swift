@@ -35,7 +35,9 @@ public struct ConnectionDecoder: Sendable {
     private var backchannel: BackchannelDecoder?
     /// Bytes of the `backchannel` magic still to skip before the yamux session starts.
     private var magicRemaining = 0
-    private let limits: GRPCCallAssembler.Limits
+    private var limits: GRPCCallAssembler.Limits
+    /// Events of decoders already finished, waiting for `takeEvents()`.
+    private var finishedEvents: [WireEvent] = []
 
     public init(limits: GRPCCallAssembler.Limits = .init()) {
         self.limits = limits
@@ -43,6 +45,39 @@ public struct ConnectionDecoder: Sendable {
 
     /// True while the decoder still decodes (not stopped, kind not opaque).
     public var isDecoding: Bool { stoppedReason == nil && kind != .opaque }
+
+    /// True while calls are reported as `WireEvent`s (`Limits.recordEvents`, until `stopEvents()`).
+    public var recordsEvents: Bool { limits.recordEvents }
+
+    /// Hands out the events reported since the last call, in the order they happened (none unless recording).
+    public mutating func takeEvents() -> [WireEvent] {
+        guard limits.recordEvents else { return [] }
+        var events = finishedEvents
+        finishedEvents = []
+        if session != nil {
+            let more = session!.takeEvents()
+            if events.isEmpty { return more }
+            events += more
+        } else if backchannel != nil {
+            let more = backchannel!.takeEvents()
+            if events.isEmpty { return more }
+            events += more
+        }
+        return events
+    }
+
+    /// Stops reporting events for the rest of the connection (recording stopped); pending ones are dropped.
+    public mutating func stopEvents() {
+        limits.recordEvents = false
+        finishedEvents = []
+        session?.stopEvents()
+        backchannel?.stopEvents()
+    }
+
+    /// Keeps the events of a decoder about to be dropped.
+    private mutating func keepEvents(of session: inout HTTP2SessionDecoder) {
+        if limits.recordEvents { finishedEvents += session.takeEvents() }
+    }
 
     /// Feeds a copy of bytes that were forwarded in `direction` at `time` (ns since the epoch).
     public mutating func feed(_ buffer: ByteBuffer, direction: Direction, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
@@ -57,8 +92,10 @@ public struct ConnectionDecoder: Sendable {
 
     /// The connection closed: ends open calls as lost.
     public mutating func close(at time: UInt64, emit: (GRPCCallRecord) -> Void) {
-        session?.finish(end: .connectionLost, at: time, emit: emit)
-        session = nil
+        if var finishing = session.take() {
+            finishing.finish(end: .connectionLost, at: time, emit: emit)
+            keepEvents(of: &finishing)
+        }
         finishBackchannel(end: .connectionLost, at: time, emit: emit)
     }
 
@@ -70,14 +107,17 @@ public struct ConnectionDecoder: Sendable {
         guard var decoder = backchannel.take() else { return }
         finishedSidechannels = decoder.sidechannelCount
         decoder.finish(end: end, at: time, emit: emit)
+        if limits.recordEvents { finishedEvents += decoder.takeEvents() }
     }
 
     /// Stops decoding with `reason`, ending open calls; forwarding is unaffected.
     public mutating func stop(_ reason: String, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
         guard stoppedReason == nil else { return }
         stoppedReason = reason
-        session?.finish(end: .decodingStopped(reason), at: time, emit: emit)
-        session = nil
+        if var finishing = session.take() {
+            finishing.finish(end: .decodingStopped(reason), at: time, emit: emit)
+            keepEvents(of: &finishing)
+        }
         finishBackchannel(end: .decodingStopped(reason), at: time, emit: emit)
         heldBack = []
     }

@@ -12,9 +12,11 @@ public struct GRPCCallAssembler: Sendable {
         public var maxOpenCalls = 4096
         /// Bytes of the first request message kept for attribute extraction.
         public var firstMessageCapture = 64 * 1024
-        /// Bytes of every message kept when `keepMessages` is on (recording).
-        public var messageCapture = 0
-        public var keepMessages = false
+        /// Report calls, messages and trailers as `WireEvent`s while they happen (recording); off, the decoders
+        /// build only the finished-call records spans need.
+        public var recordEvents = false
+        /// Payload bytes of each message kept in its event when `recordEvents` is on; the rest is only counted.
+        public var messageCapture = 4 << 20
 
         public init() {}
     }
@@ -30,6 +32,8 @@ public struct GRPCCallAssembler: Sendable {
     public var limits: Limits
     /// Highest stream id and code of the server's GOAWAY; streams above it are refused.
     private var goAway: (lastStream: UInt32, code: UInt32)?
+    /// Events not yet taken, when `limits.recordEvents` is on.
+    private var events: [WireEvent] = []
 
     public init(limits: Limits = Limits()) {
         self.limits = limits
@@ -38,13 +42,39 @@ public struct GRPCCallAssembler: Sendable {
     /// Number of calls in flight.
     public var openCalls: Int { calls.count }
 
+    /// Hands out the events reported since the last call (none unless `limits.recordEvents`).
+    public mutating func takeEvents() -> [WireEvent] {
+        guard !events.isEmpty else { return [] }
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    /// Stops reporting events (recording stopped); pending ones are dropped.
+    public mutating func stopEvents() {
+        limits.recordEvents = false
+        events = []
+    }
+
+    private mutating func report(_ kind: WireEvent.Kind, streamID: UInt32, at time: UInt64) {
+        events.append(WireEvent(kind, time: time, streamID: streamID))
+    }
+
+    /// `raw` when the byte-exact decoder produced it, else the `String` values' UTF-8.
+    private static func rawFields(_ headers: HPACKHeaders, _ raw: [RawHeaderField]?) -> [RawHeaderField] {
+        raw ?? headers.map { RawHeaderField(name: $0.name, value: Array($0.value.utf8)) }
+    }
+
     /// A complete header block arrived on `streamID` travelling in `direction`.
+    ///
+    /// - Parameter raw: the same block decoded to octets (`HPACKByteDecoder`), for events; derived from
+    ///   `headers` when nil.
     public mutating func headers(
         _ headers: HPACKHeaders,
         streamID: UInt32,
         direction: Direction,
         endStream: Bool,
         at time: UInt64,
+        raw: [RawHeaderField]? = nil,
         emit: (GRPCCallRecord) -> Void
     ) throws {
         switch direction {
@@ -54,6 +84,7 @@ public struct GRPCCallAssembler: Sendable {
                 if endStream {
                     call.record.requestEndTime = time
                     calls[streamID] = call
+                    if limits.recordEvents { report(.requestEnded, streamID: streamID, at: time) }
                 }
                 return
             }
@@ -84,6 +115,16 @@ public struct GRPCCallAssembler: Sendable {
                 }
             }
             if endStream { record.requestEndTime = time }
+            if limits.recordEvents {
+                let fields = Self.rawFields(headers, raw).map { field -> RawHeaderField in
+                    let name = field.name.lowercased()
+                    // A secret never leaves the decoder, whatever the recorder does with the rest.
+                    return name == "authorization" || name == "proxy-authorization"
+                        ? RawHeaderField(name: name, value: [], redacted: true) : field
+                }
+                report(.callStarted(path: record.path, headers: fields), streamID: streamID, at: time)
+                if endStream { report(.requestEnded, streamID: streamID, at: time) }
+            }
             var call = OpenCall(record: record)
             if let goAway, streamID > goAway.lastStream {
                 // Sent before the client read the server's GOAWAY: the server will not process it.
@@ -101,12 +142,19 @@ public struct GRPCCallAssembler: Sendable {
                 if endStream {
                     call.record.trailers = fields
                     Self.takeStatus(from: headers, into: &call.record)
+                    if limits.recordEvents {
+                        report(.trailers(Self.rawFields(headers, raw), trailersOnly: true), streamID: streamID, at: time)
+                    }
                     finish(&call, end: .trailersOnly, at: time, emit: emit)
                     return
                 }
                 call.record.responseMetadata = fields
                 calls[streamID] = call
+                if limits.recordEvents { report(.responseHeaders(Self.rawFields(headers, raw)), streamID: streamID, at: time) }
             } else {
+                if limits.recordEvents {
+                    report(.trailers(Self.rawFields(headers, raw), trailersOnly: false), streamID: streamID, at: time)
+                }
                 call.record.trailers = Self.metadata(headers)
                 Self.takeStatus(from: headers, into: &call.record)
                 // Trailers without END_STREAM are malformed HTTP; the call still ends at its status.
@@ -125,7 +173,7 @@ public struct GRPCCallAssembler: Sendable {
             call.requestFramer.feed(
                 piece,
                 captureLimit: { index in
-                    max(index == 0 ? limits.firstMessageCapture : 0, limits.keepMessages ? limits.messageCapture : 0)
+                    max(index == 0 ? limits.firstMessageCapture : 0, limits.recordEvents ? limits.messageCapture : 0)
                 },
                 onMessage: { message in
                     if call.record.requestMessages == 0 {
@@ -136,11 +184,10 @@ public struct GRPCCallAssembler: Sendable {
                         call.record.firstRequestMessageLength = message.length
                     }
                     call.record.requestMessages += 1
-                    if limits.keepMessages {
-                        call.record.messages.append(
-                            .init(
-                                direction: .clientToServer, time: time, compressed: message.compressed,
-                                length: message.length, captured: message.captured))
+                    if limits.recordEvents {
+                        report(
+                            .message(Self.wireMessage(message, .clientToServer, capture: limits.messageCapture)),
+                            streamID: streamID, at: time)
                     }
                 })
             call.record.requestBytes = call.requestFramer.payloadBytes
@@ -149,14 +196,13 @@ public struct GRPCCallAssembler: Sendable {
             call.record.responseWireBytes += piece.readableBytes
             call.responseFramer.feed(
                 piece,
-                captureLimit: { _ in limits.keepMessages ? limits.messageCapture : 0 },
+                captureLimit: { _ in limits.recordEvents ? limits.messageCapture : 0 },
                 onMessage: { message in
                     call.record.responseMessages += 1
-                    if limits.keepMessages {
-                        call.record.messages.append(
-                            .init(
-                                direction: .serverToClient, time: time, compressed: message.compressed,
-                                length: message.length, captured: message.captured))
+                    if limits.recordEvents {
+                        report(
+                            .message(Self.wireMessage(message, .serverToClient, capture: limits.messageCapture)),
+                            streamID: streamID, at: time)
                     }
                 })
             call.record.responseBytes = call.responseFramer.payloadBytes
@@ -171,6 +217,7 @@ public struct GRPCCallAssembler: Sendable {
         case .clientToServer:
             call.record.requestEndTime = time
             calls[streamID] = call
+            if limits.recordEvents { report(.requestEnded, streamID: streamID, at: time) }
         case .serverToClient:
             // A server that ends with DATA has sent no trailers: no gRPC status.
             finish(&call, end: .trailers, at: time, emit: emit)
@@ -211,7 +258,19 @@ public struct GRPCCallAssembler: Sendable {
         calls[call.record.streamID] = nil
         call.record.endTime = time
         call.record.end = end
+        if limits.recordEvents { report(.callEnded(end), streamID: call.record.streamID, at: time) }
         emit(call.record)
+    }
+
+    private static func wireMessage(
+        _ message: GRPCMessageFramer.Message, _ direction: Direction, capture: Int
+    ) -> WireMessage {
+        var payload = message.captured ?? ByteBuffer()
+        if payload.readableBytes > capture {
+            // The first request message may be kept longer for attribute extraction.
+            payload = payload.getSlice(at: payload.readerIndex, length: capture)!
+        }
+        return WireMessage(direction: direction, compressed: message.compressed, length: message.length, payload: payload)
     }
 
     private static func metadata(_ headers: HPACKHeaders) -> [HeaderField] {

@@ -20,15 +20,6 @@ public struct GRPCCallRecord: Sendable {
         case decodingStopped(String)
     }
 
-    /// One message in either direction, as needed by recorders.
-    public struct MessageInfo: Sendable {
-        public var direction: Direction
-        public var time: UInt64
-        public var compressed: Bool
-        public var length: Int
-        public var captured: ByteBuffer?
-    }
-
     public var streamID: UInt32
     /// The raw `:path`, e.g. `/gitaly.RepositoryService/RepositoryExists`.
     public var path: String
@@ -62,9 +53,6 @@ public struct GRPCCallRecord: Sendable {
     public var firstRequestMessage: ByteBuffer?
     public var firstRequestMessageCompressed = false
     public var firstRequestMessageLength = 0
-
-    /// Every message, when the decoder was told to keep them (recording); empty otherwise.
-    public var messages: [MessageInfo] = []
 
     /// The yamux stream carrying this call's HTTP/2 session, for calls on a backchannel connection.
     public var yamuxStreamID: UInt32?

@@ -9,6 +9,9 @@ import NIOHPACK
 public struct HTTP2SessionDecoder: Sendable {
     private struct Side: Sendable {
         var hpack: HPACKDecoder
+        /// The octet-exact decoder of the same blocks, while recording (nil once it failed: values then come from
+        /// `hpack`'s strings).
+        var raw: HPACKByteDecoder?
         var prefaceRemaining: Int
         /// A header block waiting for CONTINUATION frames.
         var pendingBlock: (streamID: UInt32, fragment: ByteBuffer, endStream: Bool, isPushPromise: Bool)?
@@ -33,6 +36,22 @@ public struct HTTP2SessionDecoder: Sendable {
     public init(limits: GRPCCallAssembler.Limits = .init(), clientPrefaceSeen: Bool = false) {
         assembler = GRPCCallAssembler(limits: limits)
         if clientPrefaceSeen { toServer!.prefaceRemaining = 0 }
+        if limits.recordEvents {
+            toServer!.raw = HPACKByteDecoder(maxDynamicTableLength: toServer!.hpack.maxDynamicTableLength)
+            toClient!.raw = HPACKByteDecoder(maxDynamicTableLength: toClient!.hpack.maxDynamicTableLength)
+        }
+    }
+
+    /// Hands out the events reported since the last call (none unless recording).
+    public mutating func takeEvents() -> [WireEvent] {
+        assembler.takeEvents()
+    }
+
+    /// Stops reporting events and drops the octet-exact header decoders.
+    public mutating func stopEvents() {
+        assembler.stopEvents()
+        toServer?.raw = nil
+        toClient?.raw = nil
     }
 
     /// Frames decoded so far, per direction.
@@ -175,9 +194,11 @@ public struct HTTP2SessionDecoder: Sendable {
                     let limit = Int(min(value, 1 << 24))
                     if direction == .serverToClient, var other = toServer.take() {
                         if limit > other.hpack.maxDynamicTableLength { other.hpack.maxDynamicTableLength = limit }
+                        if let raw = other.raw, limit > raw.maxDynamicTableLength { other.raw!.maxDynamicTableLength = limit }
                         toServer = other
                     } else if direction == .clientToServer, var other = toClient.take() {
                         if limit > other.hpack.maxDynamicTableLength { other.hpack.maxDynamicTableLength = limit }
+                        if let raw = other.raw, limit > raw.maxDynamicTableLength { other.raw!.maxDynamicTableLength = limit }
                         toClient = other
                     }
                 }
@@ -209,8 +230,17 @@ public struct HTTP2SessionDecoder: Sendable {
         } catch {
             throw WireDecodingError("HPACK decoding failed on stream \(block.streamID): \(error)")
         }
+        var raw: [RawHeaderField]?
+        if side.raw != nil {
+            do {
+                raw = try side.raw!.decode(block.fragment)
+            } catch {
+                side.raw = nil
+            }
+        }
         if block.isPushPromise { return }
         try assembler.headers(
-            headers, streamID: block.streamID, direction: direction, endStream: block.endStream, at: time, emit: emit)
+            headers, streamID: block.streamID, direction: direction, endStream: block.endStream, at: time, raw: raw,
+            emit: emit)
     }
 }

@@ -49,7 +49,9 @@ public struct BackchannelDecoder: Sendable {
     private var endedSidechannels: [Int64: SidechannelRecord] = [:]
     /// Ids of sidechannels still open.
     private var openSidechannels: Set<Int64> = []
-    private let limits: GRPCCallAssembler.Limits
+    private var limits: GRPCCallAssembler.Limits
+    /// Events of every stream in the order they happened, when `limits.recordEvents` is on.
+    private var events: [WireEvent] = []
     public private(set) var sidechannelCount = 0
     public private(set) var streamCount = 0
 
@@ -73,6 +75,41 @@ public struct BackchannelDecoder: Sendable {
                 try deliver(piece, streamID: streamID, direction: direction, at: time, emit: emit)
             }
         }
+    }
+
+    /// Hands out the events reported since the last call (none unless recording).
+    public mutating func takeEvents() -> [WireEvent] {
+        guard !events.isEmpty else { return [] }
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    /// Stops reporting events on every stream, present and future.
+    public mutating func stopEvents() {
+        limits.recordEvents = false
+        events = []
+        for id in streams.keys {
+            if case .http2(var session) = streams[id]!.content {
+                streams[id]!.content = .opaque
+                session.stopEvents()
+                streams[id]!.content = .http2(session)
+            }
+        }
+    }
+
+    /// Moves a session's events into this decoder's, naming the yamux stream they travelled on.
+    private mutating func collect(_ session: inout HTTP2SessionDecoder, streamID: UInt32, opener: Direction) {
+        guard limits.recordEvents else { return }
+        for var event in session.takeEvents() {
+            event.yamuxStreamID = streamID
+            event.fromGitaly = opener == .serverToClient
+            events.append(event)
+        }
+    }
+
+    private mutating func reportSidechannel(_ kind: WireEvent.Kind, yamuxStreamID: UInt32, at time: UInt64) {
+        guard limits.recordEvents else { return }
+        events.append(WireEvent(kind, time: time, streamID: 0, yamuxStreamID: yamuxStreamID, fromGitaly: true))
     }
 
     /// The connection closed: end every stream and emit every held call.
@@ -181,12 +218,18 @@ public struct BackchannelDecoder: Sendable {
             return next
         case .http2(var session):
             let sessionDirection: Direction = direction == opener ? .clientToServer : .serverToClient
-            try session.feed(piece, direction: sessionDirection, at: time) { record in
-                var record = record
-                record.yamuxStreamID = streamID
-                record.fromGitaly = opener == .serverToClient
-                route(record, emit: emit)
+            do {
+                try session.feed(piece, direction: sessionDirection, at: time) { record in
+                    var record = record
+                    record.yamuxStreamID = streamID
+                    record.fromGitaly = opener == .serverToClient
+                    route(record, emit: emit)
+                }
+            } catch {
+                collect(&session, streamID: streamID, opener: opener)
+                throw error
             }
+            collect(&session, streamID: streamID, opener: opener)
             return .http2(session)
         case .sidechannelHandshake(var prefix, let record, let ackRemaining):
             var piece = piece
@@ -207,6 +250,7 @@ public struct BackchannelDecoder: Sendable {
             record.id = prefix[11..<19].reduce(Int64(0)) { $0 << 8 | Int64($1) }
             sidechannelCount += 1
             openSidechannels.insert(record.id)
+            reportSidechannel(.sidechannelOpened(id: record.id), yamuxStreamID: streamID, at: time)
             var state = SidechannelState(record: record, ackRemaining: ackRemaining)
             consumeSidechannel(&state, &piece, direction: direction, at: time)
             return .sidechannel(state)
@@ -217,7 +261,9 @@ public struct BackchannelDecoder: Sendable {
         }
     }
 
-    private func consumeSidechannel(_ state: inout SidechannelState, _ piece: inout ByteBuffer, direction: Direction, at time: UInt64) {
+    private mutating func consumeSidechannel(
+        _ state: inout SidechannelState, _ piece: inout ByteBuffer, direction: Direction, at time: UInt64
+    ) {
         if direction == .clientToServer {
             if state.ackRemaining > 0 {
                 let n = min(state.ackRemaining, piece.readableBytes)
@@ -225,11 +271,15 @@ public struct BackchannelDecoder: Sendable {
                 state.ackRemaining -= n
             }
             guard piece.readableBytes > 0 else { return }
+            reportSidechannel(.sidechannelData(direction, piece), yamuxStreamID: state.record.yamuxStreamID, at: time)
             state.record.bytesToServer += piece.readableBytes
             var done = false
             state.client.feed(piece) { done = true }
             if done, state.record.clientDoneTime == nil { state.record.clientDoneTime = time }
         } else {
+            if piece.readableBytes > 0 {
+                reportSidechannel(.sidechannelData(direction, piece), yamuxStreamID: state.record.yamuxStreamID, at: time)
+            }
             state.record.bytesToClient += piece.readableBytes
             state.server.feed(piece) {}
             state.record.serverBands = state.server.valid ? state.server.bands : nil
@@ -252,9 +302,11 @@ public struct BackchannelDecoder: Sendable {
                 record.fromGitaly = stream.opener == .serverToClient
                 route(record, emit: emit)
             }
+            collect(&session, streamID: id, opener: stream.opener)
         case .sidechannel(var state):
             state.record.endTime = time
             state.record.end = reason
+            reportSidechannel(.sidechannelEnded(reason), yamuxStreamID: id, at: time)
             sidechannelEnded(state.record, emit: emit)
         default:
             break

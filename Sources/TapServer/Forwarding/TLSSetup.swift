@@ -1,0 +1,97 @@
+import Logging
+import NIOCore
+import NIOSSL
+
+/// TLS on either side of the tap. The tap terminates the client's TLS with its own certificate and opens its own
+/// TLS session to Gitaly; the bytes between the two (HTTP/2 or the backchannel magic and yamux) pass unchanged.
+public struct TLSSettings: Sendable {
+    /// Certificate chain (PEM) clients see on a `tls://` listener.
+    public var certificatePath: String?
+    /// Private key (PEM) for `certificatePath`.
+    public var keyPath: String?
+    /// CA bundle (PEM) that Gitaly's certificate must chain to; nil uses the system store.
+    public var upstreamCAPath: String?
+    /// Name to verify in Gitaly's certificate (and send as SNI); defaults to the upstream host.
+    public var upstreamServerName: String?
+
+    public init() {}
+
+    /// The server context for a `tls://` listener.
+    func serverContext() throws(ProxyStartError) -> NIOSSLContext {
+        guard let certificatePath, let keyPath else {
+            throw ProxyStartError(description: "a tls:// listener needs --tls-cert FILE and --tls-key FILE")
+        }
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile(certificatePath).map { NIOSSLCertificateSource.certificate($0) }
+            let key = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+            var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+            configuration.applicationProtocols = ["h2"]
+            return try NIOSSLContext(configuration: configuration)
+        } catch {
+            throw ProxyStartError(
+                description: "cannot load the TLS certificate '\(certificatePath)' or key '\(keyPath)': \(error); check the files are PEM and match")
+        }
+    }
+
+    /// The client context for a `tls://` upstream.
+    func clientContext() throws(ProxyStartError) -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.applicationProtocols = ["h2"]
+        if let upstreamCAPath {
+            configuration.trustRoots = .file(upstreamCAPath)
+        }
+        do {
+            return try NIOSSLContext(configuration: configuration)
+        } catch {
+            throw ProxyStartError(description: "cannot load the upstream CA file '\(upstreamCAPath ?? "system")': \(error)")
+        }
+    }
+
+    /// The name to verify for `host`: the configured one, else the host unless it is an IP address
+    /// (then NIOSSL checks the certificate's IP addresses against the peer's).
+    func serverName(for host: String) -> String? {
+        if let upstreamServerName { return upstreamServerName }
+        let isIP = (try? SocketAddress(ipAddress: host, port: 0)) != nil
+        return isIP ? nil : host
+    }
+}
+
+/// Logs a failed TLS handshake once, in words, then lets the splice close both sides.
+final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let side: String
+    private let logger: Logger
+    private var logged = false
+
+    init(side: String, logger: Logger) {
+        self.side = side
+        self.logger = logger
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if !logged, error is NIOSSLError || error is BoringSSLError || "\(type(of: error))".contains("SSL") {
+            logged = true
+            logger.warning(
+                "TLS handshake with the \(side) failed; closing the connection",
+                metadata: ["error": "\(error)", "hint": "\(Self.hint(error, side: side))"])
+        }
+        context.fireErrorCaught(error)
+    }
+
+    static func hint(_ error: Error, side: String) -> String {
+        let text = "\(error)"
+        if text.contains("WRONG_VERSION_NUMBER") || text.contains("HTTP_REQUEST") || text.contains("uncleanShutdown") && side == "client" {
+            return "is the client speaking plaintext to a tls:// address?"
+        }
+        if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate") {
+            return side == "upstream"
+                ? "Gitaly's certificate is not trusted, expired or for another name: check --upstream-ca and --upstream-server-name"
+                : "the client refused the tap's certificate: give clients the CA that signed --tls-cert"
+        }
+        if text.contains("failedToValidateHostname") {
+            return "Gitaly's certificate is for another name: set --upstream-server-name"
+        }
+        return "see the error"
+    }
+}
