@@ -54,7 +54,7 @@ let package = Package(
             dependencies: ["TapWire", .product(name: "NIOHPACK", package: "swift-nio-http2")],
             exclude: ["Fixtures"]
         ),
-        .testTarget(name: "TapTraceTests", dependencies: ["TapTrace"]),
+        .testTarget(name: "TapTraceTests", dependencies: ["TapTrace"], exclude: ["Fixtures"]),
         .testTarget(
             name: "TapServerTests",
             dependencies: [
