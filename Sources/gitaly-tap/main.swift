@@ -85,6 +85,12 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Serve Prometheus /metrics and /health on tcp://host:port or unix:/path.")
     var metrics: String?
 
+    @Option(help: "Listen for git Trace2 events on a unix socket: [stream:|dgram:]/abs/path (repeatable; see docs/trace2.md).")
+    var trace2Socket: [String] = []
+
+    @Option(help: "Watch a directory for Trace2 event files: Gitaly's $TMPDIR (gitaly-trace2*) or a git directory target (repeatable).")
+    var trace2Dir: [String] = []
+
     func run() async throws {
         let logger = try makeLogger(level: logLevel, format: logFormat)
         let listenAddress: TapAddress
@@ -106,6 +112,14 @@ struct Proxy: AsyncParsableCommand {
                 throw fail("--metrics: \(error)")
             }
         }
+        for socket in trace2Socket {
+            do {
+                options.trace2.sockets.append(try Trace2SocketTarget(parsing: socket))
+            } catch {
+                throw fail(error.description)
+            }
+        }
+        options.trace2.directories = trace2Dir
         do {
             try await ProxyRuntime.run(options, logger: logger)
         } catch let error as ProxyStartError {

@@ -18,6 +18,8 @@ public struct ProxyRunOptions: Sendable {
     public var threads: Int = System.coreCount
     /// Where to serve `/metrics` and `/health`, if anywhere.
     public var metricsAddress: TapAddress?
+    /// Trace2 sources (`--trace2-socket`, `--trace2-dir`); none by default.
+    public var trace2 = Trace2Options()
 
     public init(proxy: ProxyConfiguration, spansPath: String?) {
         self.proxy = proxy
@@ -38,20 +40,31 @@ public enum ProxyRuntime {
             }
         }
         let metrics = options.metricsAddress.map { _ in TapMetrics() }
-        let pipeline = SpanPipeline(sinks: sinks, metrics: metrics, logger: logger)
+        let collector = options.trace2.isEnabled ? Trace2Collector(configuration: options.trace2.collector, logger: logger) : nil
+        let pipeline = SpanPipeline(sinks: sinks, metrics: metrics, observer: collector, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.threads))
         let proxy = TapProxy(configuration: options.proxy, pipeline: pipeline, group: group, logger: logger)
         let signals = SignalStream.termination()
         var metricsServer: MetricsServer?
+        var trace2: Trace2Runtime?
         do {
+            if let collector {
+                do {
+                    trace2 = try await Trace2Runtime.start(options.trace2, collector: collector, group: group, logger: logger)
+                } catch {
+                    throw ProxyStartError(description: error.description)
+                }
+            }
             try await proxy.start()
             if let metrics, let address = options.metricsAddress {
                 Self.registerGauges(metrics, proxy: proxy, pipeline: pipeline)
+                trace2?.registerMetrics(metrics)
                 metricsServer = try await MetricsServer(
                     address: address, metrics: metrics, group: group, logger: logger, healthy: { proxy.isListening })
             }
         } catch {
             await proxy.stop(drain: .zero)
+            await trace2?.stop()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -71,6 +84,7 @@ public enum ProxyRuntime {
                 }
             }
             await proxy.stop(drain: options.drainTimeout)
+            await trace2?.stop()
             pipeline.finish()
             await metricsServer?.close()
             await tasks.next()

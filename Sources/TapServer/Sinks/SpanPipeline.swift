@@ -30,12 +30,14 @@ public final class SpanPipeline: Sendable {
     private let builder: RPCSpanBuilder
     private let logger: Logger
     private let metrics: TapMetrics?
+    private let observer: (any SpanObserver)?
 
     /// Creates a pipeline holding at most `capacity` unprocessed items; `metrics` also hears of every connection.
     public init(
         sinks: [any SpanSink], builder: RPCSpanBuilder = RPCSpanBuilder(), capacity: Int = 65_536,
-        metrics: TapMetrics? = nil, logger: Logger
+        metrics: TapMetrics? = nil, observer: (any SpanObserver)? = nil, logger: Logger
     ) {
+        self.observer = observer
         (stream, continuation) = AsyncStream.makeStream(of: Item.self, bufferingPolicy: .bufferingOldest(capacity))
         self.sinks = sinks + (metrics.map { [$0] } ?? [])
         self.builder = builder
@@ -82,6 +84,7 @@ public final class SpanPipeline: Sendable {
             }
             group.cancelAll()
         }
+        if let observer { write(observer.finish()) }
         for sink in sinks { sink.flush() }
         let c = currentCounts
         logger.info(
@@ -108,6 +111,7 @@ public final class SpanPipeline: Sendable {
                 $0.spans += 1
             }
             for sink in sinks { sink.write(span) }
+            if let observer { write(observer.observe(span)) }
         case .connection(let summary):
             counts.withLock { $0.connections += 1 }
             metrics?.connectionClosed(summary)
@@ -115,7 +119,17 @@ public final class SpanPipeline: Sendable {
             counts.withLock { $0.spans += 1 }
             for sink in sinks { sink.write(span) }
         case .flush:
+            if let observer { write(observer.drain()) }
             for sink in sinks { sink.flush() }
+        }
+    }
+
+    /// Spans that an observer added (git processes from Trace2).
+    private func write(_ spans: [Span]) {
+        guard !spans.isEmpty else { return }
+        counts.withLock { $0.spans += spans.count }
+        for span in spans {
+            for sink in sinks { sink.write(span) }
         }
     }
 }

@@ -1,0 +1,228 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import TapTrace
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads Trace2 event files as git writes them into a directory, found through inotify.
+///
+/// Two kinds of file are read: Gitaly's own `gitaly-trace2*` temp files (Gitaly creates one in its `$TMPDIR` for
+/// every `pack-objects` and for every git command of a sampled trace, and deletes it once the command is done),
+/// and the per-process files of a git directory target (`GIT_TRACE2_EVENT=/some/dir`, named after the sid).
+/// Everything else in the directory is ignored, and files that existed before the watcher started are not read.
+///
+/// A file is opened as soon as inotify reports it and read as it grows. Deleting it does not stop the reading: the
+/// descriptor stays open until the file is finished, which is when every process seen in it has ended (`atexit` or
+/// `signal`), when it was deleted and has not grown for ``Configuration/deletedGrace``, or when it has not grown for
+/// ``Configuration/idleTimeout``. Then the descriptor is closed. The watch loop blocks in `poll(2)` on a thread
+/// of its own, never on the Swift concurrency pool.
+public final class Trace2DirectoryWatcher: Sendable {
+    /// Where and how long.
+    public struct Configuration: Sendable {
+        /// The directory to watch.
+        public var directory: String
+        /// A deleted file that has not grown for this long is finished.
+        public var deletedGrace: Duration = .seconds(1)
+        /// A file that has not grown for this long is finished, deleted or not.
+        public var idleTimeout: Duration = .seconds(600)
+        /// How often growing files are read when inotify is quiet.
+        public var pollInterval: Duration = .milliseconds(20)
+        /// Files held open at once; more are skipped and counted.
+        public var maximumOpenFiles = 4096
+
+        public init(directory: String) {
+            self.directory = directory
+        }
+    }
+
+    /// What the watcher did, for metrics, logs and tests.
+    public struct Counts: Sendable, Equatable {
+        public var filesOpened = 0
+        public var filesFinished = 0
+        /// Files that were gone before they could be opened, or skipped because too many were open.
+        public var filesMissed = 0
+        public var filesIgnored = 0
+        public var bytesRead = 0
+        public var inotifyOverflows = 0
+        public init() {}
+    }
+
+    struct TrackedFile {
+        var fd: Int32
+        var name: String
+        var stream: UInt64
+        var parser = Trace2LineParser()
+        var deleted = false
+        var lastGrowth: ContinuousClock.Instant
+    }
+
+    public let configuration: Configuration
+    private let collector: Trace2Collector
+    private let logger: Logger
+    private let inotifyFD: Int32
+    private let stopping = Mutex(false)
+    private let state = Mutex(Counts())
+    private let open = Mutex(0)
+
+    /// Sets up the inotify watch at once, so no file created after this returns is missed.
+    public init(configuration: Configuration, collector: Trace2Collector, logger: Logger) throws(Trace2ConfigurationError) {
+        var st = stat()
+        guard stat(configuration.directory, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+            throw Trace2ConfigurationError(
+                description: "--trace2-dir '\(configuration.directory)' is not a directory (create it, or point it at Gitaly's $TMPDIR)")
+        }
+        let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        guard fd >= 0 else {
+            throw Trace2ConfigurationError(
+                description: "--trace2-dir: inotify_init1 failed: \(String(cString: strerror(errno))) (raise fs.inotify.max_user_instances)")
+        }
+        let mask = UInt32(IN_CREATE | IN_MOVED_TO | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR)
+        guard inotify_add_watch(fd, configuration.directory, mask) >= 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw Trace2ConfigurationError(
+                description: "--trace2-dir '\(configuration.directory)': cannot watch it: \(reason) (the tap needs read access to the directory)")
+        }
+        self.configuration = configuration
+        self.collector = collector
+        self.logger = logger
+        self.inotifyFD = fd
+    }
+
+    /// Current counters.
+    public var counts: Counts { state.withLock { $0 } }
+    /// Files held open now.
+    public var openFiles: Int { open.withLock { $0 } }
+
+    /// Asks ``start(on:eventLoop:)`` to finish the open files and return.
+    public func stop() {
+        stopping.withLock { $0 = true }
+    }
+
+    /// Starts watching on a thread of `pool` until ``stop()``; the future completes once every open file is
+    /// finished and the watch is closed.
+    public func start(on pool: NIOThreadPool, eventLoop: any EventLoop) -> EventLoopFuture<Void> {
+        pool.runIfActive(eventLoop: eventLoop) { self.loop() }
+    }
+
+    static func accepts(_ name: String) -> Bool {
+        if name.hasPrefix("gitaly-trace2") || name == "git-trace2-discard" { return true }
+        return Trace2SessionID.isGitComponent(Substring(name))
+    }
+
+    private func loop() {
+        var files: [String: TrackedFile] = [:]
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        let (seconds, attoseconds) = configuration.pollInterval.components
+        let pollMillis = Int32(clamping: max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+        while !stopping.withLock({ $0 }) {
+            var descriptor = pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)
+            _ = poll(&descriptor, 1, pollMillis)
+            readNotifications(into: &files, buffer: &buffer)
+            let now = ContinuousClock.now
+            for name in Array(files.keys) {
+                guard var file = files[name] else { continue }
+                if read(&file, buffer: &buffer) { file.lastGrowth = now }
+                let quiet = now - file.lastGrowth
+                if collector.streamComplete(file.stream) {
+                    finish(file, reason: "processes ended")
+                    files[name] = nil
+                } else if file.deleted, quiet >= configuration.deletedGrace {
+                    finish(file, reason: "file deleted before its processes ended")
+                    files[name] = nil
+                } else if quiet >= configuration.idleTimeout {
+                    finish(file, reason: "file idle too long")
+                    files[name] = nil
+                } else {
+                    files[name] = file
+                }
+            }
+            open.withLock { $0 = files.count }
+        }
+        // Last read of everything, then finish.
+        readNotifications(into: &files, buffer: &buffer)
+        for (_, var file) in files {
+            _ = read(&file, buffer: &buffer)
+            finish(file, reason: "watcher stopped")
+        }
+        open.withLock { $0 = 0 }
+        close(inotifyFD)
+    }
+
+    private func readNotifications(into files: inout [String: TrackedFile], buffer: inout [UInt8]) {
+        while true {
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(inotifyFD, $0.baseAddress, $0.count) }
+            guard count > 0 else { return }
+            var offset = 0
+            while offset + 16 <= count {
+                let (mask, length) = buffer.withUnsafeBytes { raw -> (UInt32, Int) in
+                    (raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self),
+                        Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self)))
+                }
+                let nameBytes = buffer[(offset + 16)..<min(count, offset + 16 + length)]
+                let name = String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self)
+                offset += 16 + length
+                if mask & UInt32(IN_Q_OVERFLOW) != 0 {
+                    state.withLock { $0.inotifyOverflows += 1 }
+                    logger.warning("inotify queue overflowed: some Trace2 files may be missed (raise fs.inotify.max_queued_events)")
+                    continue
+                }
+                if mask & UInt32(IN_IGNORED) != 0 {
+                    logger.error("the Trace2 directory went away; no new files will be read", metadata: ["directory": "\(configuration.directory)"])
+                    continue
+                }
+                guard !name.isEmpty, mask & UInt32(IN_ISDIR) == 0 else { continue }
+                if mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+                    guard files[name] == nil else { continue }
+                    guard Self.accepts(name) else {
+                        state.withLock { $0.filesIgnored += 1 }
+                        continue
+                    }
+                    openFile(name, into: &files)
+                } else if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 {
+                    files[name]?.deleted = true
+                }
+            }
+        }
+    }
+
+    private func openFile(_ name: String, into files: inout [String: TrackedFile]) {
+        guard files.count < configuration.maximumOpenFiles else {
+            state.withLock { $0.filesMissed += 1 }
+            return
+        }
+        let path = configuration.directory + "/" + name
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else {
+            state.withLock { $0.filesMissed += 1 }
+            return
+        }
+        state.withLock { $0.filesOpened += 1 }
+        files[name] = TrackedFile(fd: fd, name: name, stream: collector.openStream(), lastGrowth: .now)
+    }
+
+    /// Reads what the file has now; true when it grew.
+    private func read(_ file: inout TrackedFile, buffer: inout [UInt8]) -> Bool {
+        var grew = false
+        while true {
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(file.fd, $0.baseAddress, $0.count) }
+            if count <= 0 { break }
+            grew = true
+            state.withLock { $0.bytesRead += count }
+            collector.ingest(file.parser.feed(buffer[0..<count]), stream: file.stream)
+        }
+        return grew
+    }
+
+    private func finish(_ file: TrackedFile, reason: String) {
+        var file = file
+        close(file.fd)
+        collector.ingest(file.parser.finish(), stream: file.stream)
+        collector.closeStream(file.stream, parser: file.parser.counts, reason: reason)
+        state.withLock { $0.filesFinished += 1 }
+    }
+}
