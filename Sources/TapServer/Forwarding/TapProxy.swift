@@ -127,6 +127,7 @@ public final class TapProxy: Sendable {
         let loop = child.eventLoop
         let handlers = NIOLoopBound((clientHandler, upstreamHandler), eventLoop: loop)
         let (serverTLS, clientTLS) = tlsContexts.withLock { $0 }
+        let tlsLog = TLSFailureLogger.Shared()
         var upstreamTLSName: String? = nil
         if case .tls(let host, _) = configuration.upstream { upstreamTLSName = configuration.tls.serverName(for: host) }
         var upstreamBootstrap = ClientBootstrap(group: loop)
@@ -138,12 +139,12 @@ public final class TapProxy: Sendable {
                 value: .init(low: configuration.writeBufferLow, high: configuration.writeBufferHigh)
             )
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 * 1024, maximum: 256 * 1024))
-            .channelInitializer { [connectionLogger] channel in
+            .channelInitializer { [connectionLogger, tlsLog] channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let clientTLS {
                         try channel.pipeline.syncOperations.addHandler(
                             NIOSSLClientHandler(context: clientTLS, serverHostname: upstreamTLSName))
-                        try channel.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "upstream", logger: connectionLogger))
+                        try channel.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "upstream", logger: connectionLogger, shared: tlsLog))
                     }
                     try channel.pipeline.syncOperations.addHandler(handlers.value.1)
                 }
@@ -160,7 +161,7 @@ public final class TapProxy: Sendable {
         return connect.flatMapThrowing { upstream in
             if let serverTLS {
                 try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverTLS))
-                try child.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "client", logger: logger))
+                try child.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "client", logger: logger, shared: tlsLog))
             }
             try child.pipeline.syncOperations.addHandler(handlers.value.0)
             self.track(id: id, client: child, upstream: upstream)
