@@ -78,13 +78,16 @@ public enum ConfigArguments {
     public static func options(fromHelp help: String) -> [String: OptionKind] {
         var options: [String: OptionKind] = [:]
         for line in help.split(separator: "\n") {
+            // Options start at the section's indentation; deeper lines continue a description.
+            let indentation = line.prefix { $0 == " " }.count
+            guard indentation <= 2 else { continue }
             var rest = Substring(line.drop { $0 == " " })
             if rest.hasPrefix("-"), !rest.hasPrefix("--"), let comma = rest.firstIndex(of: ",") {
                 rest = rest[rest.index(after: comma)...].drop { $0 == " " }
             }
             guard rest.hasPrefix("--") else { continue }
             let name = rest.dropFirst(2).prefix { $0.isLetter || $0.isNumber || $0 == "-" }
-            guard !name.isEmpty else { continue }
+            guard !name.isEmpty, options[String(name)] == nil else { continue }
             let after = rest.dropFirst(2 + name.count)
             if after.hasPrefix(" <") {
                 let close = after.firstIndex(of: ">") ?? after.endIndex

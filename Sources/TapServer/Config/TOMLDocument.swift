@@ -198,7 +198,9 @@ public enum TOMLParser {
                 }
                 items.append(try value())
                 skipBlankAndComments()
-                if peek() == UInt8(ascii: ",") {
+                if peek() == nil {
+                    throw TOMLError(line: startLine, message: "array is not closed with ']'")
+                } else if peek() == UInt8(ascii: ",") {
                     advance()
                 } else if peek() != UInt8(ascii: "]") {
                     throw TOMLError(line: line, message: "expected ',' or ']' in the array")
