@@ -88,15 +88,18 @@ struct ShutdownTests {
             tap.stop()
             echo.stop()
         }
-        let stream = try await Self.startSlowStream(dir, correlationID: "cut")
+        let stream = try await Self.startSlowStream(dir, correlationID: "cut-by-drain-7")
         tap.signal(SIGTERM)
         _ = try await Self.waitExit(tap, timeout: .seconds(10))
         #expect(tap.process.terminationStatus == 0, "\(tap.stderr)")
         let result = try await stream.value
         #expect(result.status != 0, "the stream was cut: \(result.stdout)")
-        let span = try #require(try Self.spans(dir).first { Self.correlationID($0) == "cut" }, "span flushed")
+        let span = try #require(try Self.spans(dir).first { Self.correlationID($0) == "cut-by-drain-7" }, "span flushed")
         #expect((span["status"] as? [String: Any])?["code"] as? String == "error")
         #expect(tap.stderr.contains("drain timeout"), "\(tap.stderr)")
+        // The cut call is named in the log with its correlation id.
+        let line = tap.stderr.split(separator: "\n").first { $0.contains("calls in flight") }
+        #expect(line?.contains("cut-by-drain-7") == true, "\(tap.stderr)")
     }
 
     @Test("a second signal exits at once, without waiting for the drain")

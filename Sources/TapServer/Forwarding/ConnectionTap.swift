@@ -16,6 +16,10 @@ final class ConnectionTap {
     private var closed = false
     private var closeReason = "closed"
     private var calls = 0
+    /// The correlation id of the latest call seen on this connection, for log lines.
+    private var correlationID: String?
+    /// Calls the connection's end cut off: method and correlation id.
+    private var lostCalls: [(path: String, correlationID: String?)] = []
 
     init(info: ConnectionInfo, pipeline: SpanPipeline, limits: GRPCCallAssembler.Limits, logger: Logger) {
         self.info = info
@@ -34,9 +38,9 @@ final class ConnectionTap {
         if !reportedStop, let reason = decoder.stoppedReason {
             reportedStop = true
             pipeline.decodingStopped(reason: reason)
-            logger.warning(
-                "decoding stopped; forwarding continues",
-                metadata: ["connection": "\(info.id)", "reason": "\(reason)"])
+            var metadata: Logger.Metadata = ["connection": "\(info.id)", "reason": "\(reason)"]
+            if let correlationID { metadata["correlation_id"] = "\(correlationID)" }
+            logger.warning("decoding stopped; forwarding continues", metadata: metadata)
         }
     }
 
@@ -55,6 +59,16 @@ final class ConnectionTap {
         closed = true
         let now = WallClock.nowNanos()
         decoder.close(at: now, emit: submit)
+        if !lostCalls.isEmpty {
+            var metadata: Logger.Metadata = [
+                "connection": "\(info.id)", "reason": "\(closeReason)", "calls": "\(lostCalls.count)",
+                "methods": .array(lostCalls.map { .string($0.path) }),
+            ]
+            let ids = lostCalls.compactMap(\.correlationID)
+            if ids.count == 1 { metadata["correlation_id"] = "\(ids[0])" }
+            if ids.count > 1 { metadata["correlation_ids"] = .array(ids.map { .string($0) }) }
+            logger.warning("connection closed with calls in flight", metadata: metadata)
+        }
         pipeline.submit(
             connection: ConnectionSummary(
                 info: info, kind: decoder.kind.rawValue, bytesToServer: decoder.bytesToServer,
@@ -64,6 +78,9 @@ final class ConnectionTap {
 
     private func submit(_ record: GRPCCallRecord) {
         calls += 1
+        let id = record.requestMetadata.first { $0.name == "x-gitlab-correlation-id" }?.value
+        if let id { correlationID = id }
+        if case .connectionLost = record.end { lostCalls.append((record.path, id)) }
         pipeline.submit(call: record, connection: info)
     }
 }
