@@ -1,7 +1,25 @@
 import Logging
 import NIOCore
+import Synchronization
 import TapTrace
 import TapWire
+
+/// Open connections by the kind the decoder found (`undetermined` until the first bytes tell).
+final class OpenConnectionGauge: Sendable {
+    private let counts = Mutex<[String: Int]>([:])
+
+    init() {}
+
+    func move(from old: String?, to new: String?) {
+        counts.withLock { counts in
+            if let old { counts[old, default: 0] -= 1 }
+            if let new { counts[new, default: 0] += 1 }
+        }
+    }
+
+    /// Kinds with their open count (kinds seen once stay listed at 0, as Prometheus prefers).
+    var current: [String: Int] { counts.withLock { $0 } }
+}
 
 /// The observing side of one proxied connection: feeds the decoder and hands what it finds to the pipeline.
 ///
@@ -20,12 +38,26 @@ final class ConnectionTap {
     private var correlationID: String?
     /// Calls the connection's end cut off: method and correlation id.
     private var lostCalls: [(path: String, correlationID: String?)] = []
+    private let gauge: OpenConnectionGauge?
+    private var gaugeKind: ConnectionKind = .undetermined
 
-    init(info: ConnectionInfo, pipeline: SpanPipeline, limits: GRPCCallAssembler.Limits, logger: Logger) {
+    init(
+        info: ConnectionInfo, pipeline: SpanPipeline, limits: GRPCCallAssembler.Limits, logger: Logger,
+        gauge: OpenConnectionGauge? = nil
+    ) {
         self.info = info
         self.pipeline = pipeline
         self.decoder = ConnectionDecoder(limits: limits)
         self.logger = logger
+        self.gauge = gauge
+        gauge?.move(from: nil, to: gaugeKind.rawValue)
+    }
+
+    private func updateGauge() {
+        if let gauge, decoder.kind != gaugeKind {
+            gauge.move(from: gaugeKind.rawValue, to: decoder.kind.rawValue)
+            gaugeKind = decoder.kind
+        }
     }
 
     func observe(_ buffer: ByteBuffer, direction: Direction) {
@@ -35,6 +67,7 @@ final class ConnectionTap {
             return
         }
         decoder.feed(buffer, direction: direction, at: now, emit: submit)
+        if gaugeKind == .undetermined { updateGauge() }
         if !reportedStop, let reason = decoder.stoppedReason {
             reportedStop = true
             pipeline.decodingStopped(reason: reason)
@@ -59,6 +92,8 @@ final class ConnectionTap {
         closed = true
         let now = WallClock.nowNanos()
         decoder.close(at: now, emit: submit)
+        updateGauge()
+        gauge?.move(from: gaugeKind.rawValue, to: nil)
         if !lostCalls.isEmpty {
             var metadata: Logger.Metadata = [
                 "connection": "\(info.id)", "reason": "\(closeReason)", "calls": "\(lostCalls.count)",

@@ -54,6 +54,10 @@ public final class TapProxy: Sendable {
     /// Number of client connections currently open.
     public var openConnections: Int { connections.withLock { $0.count } }
 
+    /// Client connections open now, by kind (`http2`, `backchannel`, `opaque`, `undetermined`).
+    public var openConnectionsByKind: [String: Int] { openGauge.current }
+    private let openGauge = OpenConnectionGauge()
+
     /// Binds the listener. Returns the bound address (useful with port 0).
     @discardableResult
     public func start() async throws -> SocketAddress {
@@ -122,7 +126,8 @@ public final class TapProxy: Sendable {
             startTimeUnixNano: WallClock.nowNanos())
         var connectionLogger = logger
         connectionLogger[metadataKey: "connection"] = "\(id)"
-        let tap = ConnectionTap(info: info, pipeline: pipeline, limits: configuration.limits, logger: connectionLogger)
+        let tap = ConnectionTap(
+            info: info, pipeline: pipeline, limits: configuration.limits, logger: connectionLogger, gauge: openGauge)
         let (clientHandler, upstreamHandler) = SpliceHandler.pair(tap: tap)
         let loop = child.eventLoop
         let handlers = NIOLoopBound((clientHandler, upstreamHandler), eventLoop: loop)
