@@ -228,7 +228,9 @@ type pktLineReader struct {
 	done    bool
 }
 
-func newPktLineReader(r io.Reader) *pktLineReader { return &pktLineReader{r: bufio.NewReaderSize(r, 65536)} }
+func newPktLineReader(r io.Reader) *pktLineReader {
+	return &pktLineReader{r: bufio.NewReaderSize(r, 65536)}
+}
 
 func (p *pktLineReader) Read(b []byte) (int, error) {
 	for len(p.pending) == 0 {
