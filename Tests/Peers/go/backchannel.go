@@ -9,12 +9,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/ioutil"
 	"log"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -363,7 +365,9 @@ func (c *backchannelClient) cancelSidechannel(id int64) {
 
 func (c *backchannelClient) close() {
 	c.cc.Close()
-	c.mux.Close()
+	if c.mux != nil {
+		c.mux.Close()
+	}
 }
 
 // sidechannelClientConn is the client's side: writes go out as pkt-lines, closeWrite sends the flush.
@@ -400,7 +404,8 @@ func parseAddress(address string) (network, addr, authority string, err error) {
 // withSidechannel runs invoke (a call carrying gitaly-sidechannel-id = id) while handle serves the sidechannel,
 // and returns both results once both are done (handle is skipped when Gitaly never opened the sidechannel).
 func (c *backchannelClient) withSidechannel(id int64, ch chan net.Conn, invoke func() error,
-	handle func(sidechannelClientConn) error) (rpcErr, sideErr error) {
+	handle func(sidechannelClientConn) error) (rpcErr, sideErr error, counts sidechannelCounts) {
+	counted := &countingConn{}
 	got := make(chan error, 1)
 	rpcDone := make(chan struct{})
 	go func() {
@@ -420,11 +425,69 @@ func (c *backchannelClient) withSidechannel(id int64, ch chan net.Conn, invoke f
 			got <- err
 			return
 		}
-		got <- handle(sidechannelClientConn{conn})
+		counted.Conn = conn
+		got <- handle(sidechannelClientConn{counted})
 	}()
 	rpcErr = invoke()
 	close(rpcDone)
 	c.cancelSidechannel(id)
 	sideErr = <-got
-	return rpcErr, sideErr
+	counts = sidechannelCounts{Read: atomic.LoadInt64(&counted.read), Written: atomic.LoadInt64(&counted.written)}
+	return rpcErr, sideErr, counts
+}
+
+// sidechannelCounts are the bytes a client moved on one sidechannel after the handshake (`sidechannel`+id, `ok`).
+type sidechannelCounts struct {
+	Read    int64 `json:"sidechannel_read"`
+	Written int64 `json:"sidechannel_written"`
+}
+
+type countingConn struct {
+	net.Conn
+	read, written int64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	atomic.AddInt64(&c.read, int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	atomic.AddInt64(&c.written, int64(n))
+	return n, err
+}
+
+// dialPlain connects without the backchannel handshake: a plain HTTP/2 gRPC connection, as Rails makes.
+func dialPlain(address string) (*backchannelClient, error) {
+	network, addr, authority, err := parseAddress(address)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := grpc.Dial(address, grpc.WithInsecure(), grpc.WithAuthority(authority),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}))
+	if err != nil {
+		return nil, err
+	}
+	return &backchannelClient{cc: cc, waiting: map[int64]chan net.Conn{}}, nil
+}
+
+// appendStats appends one JSON line to the stats file named by --stats (if any).
+func appendStats(path string, record map[string]interface{}) {
+	if path == "" {
+		return
+	}
+	b, _ := json.Marshal(record)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		log.Printf("stats: %v", err)
+		return
+	}
+	defer f.Close()
+	f.Write(append(b, '\n'))
 }

@@ -31,6 +31,7 @@ type clientOptions struct {
 	remoteIP      string
 	tokenSecret   string
 	glRepository  string
+	stats         string
 }
 
 func (o *clientOptions) register(fs *flag.FlagSet, defaultClientName string) {
@@ -47,6 +48,7 @@ func (o *clientOptions) register(fs *flag.FlagSet, defaultClientName string) {
 	fs.StringVar(&o.remoteIP, "remote-ip", "127.0.0.1", "remote_ip")
 	fs.StringVar(&o.tokenSecret, "token-secret", "gitaly-tap-test-secret", "shared secret for the v2 authorization token")
 	fs.StringVar(&o.glRepository, "gl-repository", "project-1", "gl_repository")
+	fs.StringVar(&o.stats, "stats", "", "append one JSON line per sidechannel RPC (bytes moved) to this file")
 }
 
 func randomHex(n int) string {

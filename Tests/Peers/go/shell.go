@@ -82,7 +82,7 @@ func shellUploadPack(c *backchannelClient, opts *clientOptions, correlationID st
 	ctx := metadata.NewOutgoingContext(context.Background(), md)
 	req := appendBytes(nil, reqRepository, repo.encode())
 	req = appendString(req, reqGitProtocol, protocol)
-	rpcErr, sideErr := c.withSidechannel(id, ch, func() error {
+	rpcErr, sideErr, counts := c.withSidechannel(id, ch, func() error {
 		var resp []byte
 		return c.cc.Invoke(ctx, "/gitaly.SSHService/SSHUploadPackWithSidechannel", &req, &resp)
 	}, func(conn sidechannelClientConn) error {
@@ -93,6 +93,9 @@ func shellUploadPack(c *backchannelClient, opts *clientOptions, correlationID st
 		}()
 		return demuxSideband(conn, os.Stdout, os.Stderr)
 	})
+	appendStats(opts.stats, map[string]interface{}{"method": "/gitaly.SSHService/SSHUploadPackWithSidechannel",
+		"correlation_id": correlationID, "sidechannel_id": id, "sidechannel_read": counts.Read,
+		"sidechannel_written": counts.Written})
 	if rpcErr != nil {
 		fmt.Fprintf(os.Stderr, "shell: SSHUploadPackWithSidechannel: %v\n", rpcErr)
 		return 1

@@ -39,11 +39,16 @@ func runWorkhorse(args []string) {
 	var w workhorse
 	w.opts.register(fs, "gitlab-workhorse")
 	listen := fs.String("listen", "127.0.0.1:0", "HTTP listen address")
+	plain := fs.Bool("plain", false, "dial plain HTTP/2 instead of the backchannel (sidechannel RPCs then fail)")
 	fs.Parse(args)
 	if w.opts.target == "" {
 		log.Fatal("workhorse: --target is required")
 	}
-	c, err := dialBackchannel(w.opts.target)
+	dial := dialBackchannel
+	if *plain {
+		dial = dialPlain
+	}
+	c, err := dial(w.opts.target)
 	if err != nil {
 		log.Fatalf("workhorse: %v", err)
 	}
@@ -159,10 +164,11 @@ func (w *workhorse) uploadPack(rw http.ResponseWriter, r *http.Request, repoPath
 	}
 	id, ch := w.c.registerSidechannel()
 	ctx := w.context(r, "gitaly-sidechannel-id", strconv.FormatInt(id, 10))
+	correlationID := metadataValue(ctx, "x-gitlab-correlation-id")
 	req := appendBytes(nil, reqRepository, w.repo(repoPath).encode())
 	req = appendString(req, reqGitProtocol, r.Header.Get("Git-Protocol"))
 	var response bytes.Buffer
-	rpcErr, sideErr := w.c.withSidechannel(id, ch, func() error {
+	rpcErr, sideErr, counts := w.c.withSidechannel(id, ch, func() error {
 		var resp []byte
 		return w.c.cc.Invoke(ctx, "/gitaly.SmartHTTPService/PostUploadPackWithSidechannel", &req, &resp)
 	}, func(conn sidechannelClientConn) error {
@@ -175,6 +181,9 @@ func (w *workhorse) uploadPack(rw http.ResponseWriter, r *http.Request, repoPath
 		_, err := io.Copy(&response, conn)
 		return err
 	})
+	appendStats(w.opts.stats, map[string]interface{}{"method": "/gitaly.SmartHTTPService/PostUploadPackWithSidechannel",
+		"correlation_id": correlationID, "sidechannel_id": id, "sidechannel_read": counts.Read,
+		"sidechannel_written": counts.Written})
 	if rpcErr != nil {
 		return rpcErr
 	}
@@ -260,4 +269,12 @@ func (w *workhorse) receivePack(rw http.ResponseWriter, r *http.Request, repoPat
 	rw.Header().Set("Cache-Control", "no-cache")
 	_, err = rw.Write(response.Bytes())
 	return err
+}
+
+func metadataValue(ctx context.Context, key string) string {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	if v := md.Get(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
