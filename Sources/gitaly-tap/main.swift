@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import TapServer
+import TapTrace
 
 #if canImport(Glibc)
 import Glibc
@@ -128,6 +129,15 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Name to verify in a tls:// --upstream certificate (default: the upstream host).")
     var upstreamServerName: String?
 
+    @Option(help: "Export spans over OTLP/HTTP to this collector or Jaeger, e.g. http://127.0.0.1:4318 (posts to /v1/traces).")
+    var otlp: String?
+
+    @Option(help: "OTLP body encoding: protobuf or json.")
+    var otlpEncoding: String = "protobuf"
+
+    @Option(help: "service.name of the exported spans.")
+    var serviceName: String = OTLPResource.defaultServiceName
+
     @Option(help: "TOML configuration file; every flag has a key of the same name (drain_timeout = 30), flags win.")
     var config: String?
 
@@ -149,6 +159,9 @@ struct Proxy: AsyncParsableCommand {
         add("tls_key", tlsKey)
         add("upstream_ca", upstreamCa)
         add("upstream_server_name", upstreamServerName)
+        add("otlp", otlp)
+        add("otlp_encoding", otlpEncoding)
+        add("service_name", serviceName)
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -189,10 +202,27 @@ struct Proxy: AsyncParsableCommand {
                 throw fail("--metrics: \(error)")
             }
         }
+        if let otlp {
+            do {
+                options.otlp = try Self.otlpConfiguration(url: otlp, encoding: otlpEncoding, serviceName: serviceName)
+            } catch {
+                throw fail("\(error)")
+            }
+        }
         do {
             try await ProxyRuntime.run(options, logger: logger)
         } catch let error as ProxyStartError {
             throw fail(error.description)
         }
+    }
+
+    static func otlpConfiguration(url: String, encoding: String, serviceName: String) throws -> OTLPExporter.Configuration {
+        let endpoint = try OTLPEndpoint(parsing: url)
+        guard let parsedEncoding = OTLPEncoding(rawValue: encoding) else {
+            throw UsageFailure(description: "--otlp-encoding must be protobuf or json, not '\(encoding)'")
+        }
+        guard !serviceName.isEmpty else { throw UsageFailure(description: "--service-name must not be empty") }
+        let resource = OTLPResource(serviceName: serviceName, hostName: OTLPExporter.localHostName())
+        return OTLPExporter.Configuration(endpoint: endpoint, encoding: parsedEncoding, resource: resource)
     }
 }
