@@ -103,6 +103,8 @@ public struct Trace2Correlator: Sendable {
     private var rpcsByPath: [String: [UInt64]] = [:]
     private var nextSerial: UInt64 = 0
     private var pending: [String: Pending] = [:]
+    /// Held processes by their parent's sid, so trees are walked without scanning everything held.
+    private var pendingChildren: [String: Set<String>] = [:]
     private var running: Set<String> = []
     private var placed: [String: Placed] = [:]
     private var placedOrder: [String] = []
@@ -157,9 +159,12 @@ public struct Trace2Correlator: Sendable {
                 counts.forcedOut += 1
                 spans += place(root: oldest.process.sid.text, decision: .unmatched, now: now)
             }
-            pending[process.sid.text] = Pending(
+            let sid = process.sid.text
+            pending[sid] = Pending(
                 process: process, ids: GitProcessSpanBuilder.makeIDs(for: process, using: &generator), arrivedAt: now)
-            return spans + resolve(now: now, force: false)
+            if let parent = process.sid.parent { pendingChildren[parent, default: []].insert(sid) }
+            // Only this process can have changed state: its children wait for it, other trees for RPCs or time.
+            return spans + resolve(now: now, force: false, only: [sid])
         }
     }
 
@@ -195,13 +200,16 @@ public struct Trace2Correlator: Sendable {
 
     // MARK: - Deciding
 
-    private mutating func resolve(now: UInt64, force: Bool) -> [Span] {
+    private mutating func resolve(now: UInt64, force: Bool, only: [String]? = nil) -> [Span] {
         var spans: [Span] = []
         let orphanWait = Self.nanos(configuration.orphanWait)
         // Parents first, so a child finds its parent placed in the same pass.
-        let order = pending.values.sorted {
-            ($0.process.sid.text.count, $0.process.startUnixNano) < ($1.process.sid.text.count, $1.process.startUnixNano)
-        }.map(\.process.sid.text)
+        let order =
+            only
+            ?? pending.values.sorted {
+                ($0.process.sid.text.utf8.count, $0.process.startUnixNano)
+                    < ($1.process.sid.text.utf8.count, $1.process.startUnixNano)
+            }.map(\.process.sid.text)
         for sid in order {
             guard let entry = pending[sid] else { continue }
             if let parent = entry.process.sid.parent {
@@ -231,10 +239,12 @@ public struct Trace2Correlator: Sendable {
         let prefix = root.process.sid.outsidePrefix
         var parameter = root.process.correlationIDParameter
         var paths = root.process.repositoryPaths
-        let childPrefix = root.process.sid.text + "/"
-        for (sid, entry) in pending where sid.hasPrefix(childPrefix) {
+        var stack = Array(pendingChildren[root.process.sid.text] ?? [])
+        while let sid = stack.popLast() {
+            guard let entry = pending[sid] else { continue }
             if parameter == nil { parameter = entry.process.correlationIDParameter }
             for path in entry.process.repositoryPaths where !paths.contains(path) { paths.append(path) }
+            stack += pendingChildren[sid] ?? []
         }
         return (prefix, parameter, paths)
     }
@@ -308,8 +318,17 @@ public struct Trace2Correlator: Sendable {
 
     // MARK: - Emitting
 
+    private mutating func takePending(_ sid: String) -> Pending? {
+        guard let entry = pending.removeValue(forKey: sid) else { return nil }
+        if let parent = entry.process.sid.parent {
+            pendingChildren[parent]?.remove(sid)
+            if pendingChildren[parent]?.isEmpty == true { pendingChildren[parent] = nil }
+        }
+        return entry
+    }
+
     private mutating func place(root sid: String, decision: Decision, now: UInt64) -> [Span] {
-        guard let entry = pending.removeValue(forKey: sid) else { return [] }
+        guard let entry = takePending(sid) else { return [] }
         counts.trees += 1
         var attributes: [String: AttributeValue] = [:]
         let traceID: TraceID
@@ -352,18 +371,15 @@ public struct Trace2Correlator: Sendable {
     }
 
     private mutating func emitDescendants(of sid: String, now: UInt64) -> [Span] {
-        let prefix = sid + "/"
-        let descendants = pending.keys.filter { $0.hasPrefix(prefix) }.sorted { $0.count < $1.count }
         var spans: [Span] = []
-        for child in descendants {
-            guard let parent = Trace2SessionID(child).parent, placed[parent] != nil else { continue }
-            spans += emitChild(child, parent: parent, now: now)
+        for child in pendingChildren[sid] ?? [] where placed[sid] != nil {
+            spans += emitChild(child, parent: sid, now: now)
         }
         return spans
     }
 
     private mutating func emitChild(_ sid: String, parent: String, now: UInt64) -> [Span] {
-        guard let entry = pending.removeValue(forKey: sid), var parentEntry = placed[parent] else { return [] }
+        guard placed[parent] != nil, let entry = takePending(sid), var parentEntry = placed[parent] else { return [] }
         let parentSpan = claimChildSpan(in: &parentEntry, for: entry.process)
         placed[parent] = parentEntry
         let spans = GitProcessSpanBuilder.spans(
