@@ -18,8 +18,11 @@
 public struct Trace2Correlator: Sendable {
     /// Timing and size bounds.
     public struct Configuration: Sendable {
-        /// Slack around an RPC's window when checking that a process ran inside it.
-        public var windowSlack: Duration = .seconds(1)
+        /// How much earlier than its RPC a process may seem to start (the sid's time is cut to microseconds; raise it
+        /// when git runs on another host whose clock differs). A process must start before its RPC ends: Gitaly
+        /// spawns git while serving the call, and the client's next call on the same correlation id may follow
+        /// within a millisecond, so there is no slack at the end.
+        public var windowSlack: Duration = .milliseconds(5)
         /// How long an RPC stays available for late process reports.
         public var rpcRetention: Duration = .seconds(60)
         /// How long a process that names a correlation id waits for its RPC (RPCs may run for minutes).
@@ -291,11 +294,11 @@ public struct Trace2Correlator: Sendable {
         return path == relative || path.hasSuffix("/" + relative)
     }
 
-    /// RPCs whose window (with slack) holds the process start; full containment first, then the latest start.
+    /// RPCs whose window holds the process start; full containment first, then the latest start.
     private func bestInWindow(_ candidates: [RPC], _ process: GitProcess) -> (rpc: RPC, count: Int)? {
         let slack = Self.nanos(configuration.windowSlack)
         let holding = candidates.filter {
-            $0.start <= process.startUnixNano + slack && process.startUnixNano <= $0.end + slack
+            $0.start <= process.startUnixNano + slack && process.startUnixNano <= $0.end
         }
         let best = holding.max { a, b in
             let aContains = process.endUnixNano <= a.end + slack
