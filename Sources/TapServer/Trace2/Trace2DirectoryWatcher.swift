@@ -67,6 +67,7 @@ public final class Trace2DirectoryWatcher: Sendable {
     private let stopping = Mutex(false)
     private let state = Mutex(Counts())
     private let open = Mutex(0)
+    private let closed = Mutex(false)
 
     /// Sets up the inotify watch at once, so no file created after this returns is missed.
     public init(configuration: Configuration, collector: Trace2Collector, logger: Logger) throws(Trace2ConfigurationError) {
@@ -97,6 +98,8 @@ public final class Trace2DirectoryWatcher: Sendable {
     public var counts: Counts { state.withLock { $0 } }
     /// Files held open now.
     public var openFiles: Int { open.withLock { $0 } }
+    /// True once the watch loop has ended and closed its inotify descriptor.
+    public var isClosed: Bool { closed.withLock { $0 } }
 
     /// Asks ``start(on:eventLoop:)`` to finish the open files and return.
     public func stop() {
@@ -151,6 +154,7 @@ public final class Trace2DirectoryWatcher: Sendable {
         }
         open.withLock { $0 = 0 }
         close(inotifyFD)
+        closed.withLock { $0 = true }
     }
 
     private func readNotifications(into files: inout [String: TrackedFile], buffer: inout [UInt8]) {
