@@ -250,4 +250,37 @@ struct Trace2CorrelatorTests {
         #expect(correlator.tick(now: 200 * Self.second).count == 10)
         #expect(correlator.retainedRPCCount == 0)
     }
+
+    @Test("a process that git exec'd into hangs under the exec span of the process it replaced")
+    func execChild() throws {
+        let parentSID = "20260101T000000.000000Z-H00000000-P00000100"
+        let childSID = parentSID + "/20260101T000000.002000Z-H00000000-P00000100"
+        let base: UInt64 = 1_767_225_600_000_000_000
+        func event(_ sid: String, _ name: String, _ micros: UInt64, _ fields: [String: JSONValue] = [:]) -> Trace2Event {
+            Trace2Event(name: name, sid: sid, timeUnixNano: base + micros * 1000, fields: fields)
+        }
+        var assembler = Trace2ProcessAssembler()
+        var outputs: [Trace2ProcessAssembler.Output] = []
+        outputs += assembler.add(event(parentSID, "version", 10), now: base)
+        outputs += assembler.add(
+            event(parentSID, "start", 20, ["argv": .array([.string("git"), .string("foo")])]), now: base)
+        outputs += assembler.add(
+            event(parentSID, "exec", 1000, ["exec_id": .number("0"), "exe": .string("git"), "argv": .array([.string("git-foo")])]),
+            now: base)
+        // The exec closes the parent's connection (close-on-exec); the new program reports with a nested sid.
+        outputs += assembler.endOfStream(sids: [parentSID], reason: "connection closed")
+        outputs += assembler.add(
+            event(childSID, "start", 2100, ["argv": .array([.string("git-foo")])]), now: base)
+        outputs += assembler.add(event(childSID, "atexit", 3000, ["code": .number("0")]), now: base)
+        var correlator = Trace2Correlator(seed: 13)
+        var spans: [Span] = []
+        for output in outputs { spans += correlator.add(output, now: base) }
+        spans += correlator.flush(now: base + Self.second)
+        let exec = try spans.one("exec git-foo")
+        let parent = try #require(spans.first { $0.string("trace2.sid") == parentSID })
+        #expect(exec.parentSpanID == parent.spanID)
+        let child = try #require(spans.first { $0.string("trace2.sid") == childSID })
+        #expect(child.parentSpanID == exec.spanID)
+        #expect(child.traceID == parent.traceID)
+    }
 }
