@@ -5,7 +5,7 @@ import Synchronization
 import TapTrace
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Receives git's `af_unix:dgram:` Trace2 events: one event per datagram, from every process, on one socket.
@@ -29,7 +29,8 @@ public final class Trace2DatagramReceiver: Sendable {
         }
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else {
-            throw Trace2ConfigurationError(description: "--trace2-socket: socket(): \(String(cString: strerror(errno)))")
+            throw Trace2ConfigurationError(
+                description: "--trace2-socket: socket(): \(String(cString: strerror(errno)))")
         }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -39,7 +40,9 @@ public final class Trace2DatagramReceiver: Sendable {
             raw[bytes.count] = 0
         }
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard bound == 0 else {
             let reason = String(cString: strerror(errno))

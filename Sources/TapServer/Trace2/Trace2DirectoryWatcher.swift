@@ -5,7 +5,7 @@ import Synchronization
 import TapTrace
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Reads Trace2 event files as git writes them into a directory, found through inotify.
@@ -70,23 +70,31 @@ public final class Trace2DirectoryWatcher: Sendable {
     private let closed = Mutex(false)
 
     /// Sets up the inotify watch at once, so no file created after this returns is missed.
-    public init(configuration: Configuration, collector: Trace2Collector, logger: Logger) throws(Trace2ConfigurationError) {
+    public init(configuration: Configuration, collector: Trace2Collector, logger: Logger)
+        throws(Trace2ConfigurationError)
+    {
         var st = stat()
         guard stat(configuration.directory, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
             throw Trace2ConfigurationError(
-                description: "--trace2-dir '\(configuration.directory)' is not a directory (create it, or point it at Gitaly's $TMPDIR)")
+                description:
+                    "--trace2-dir '\(configuration.directory)' is not a directory (create it, or point it at Gitaly's $TMPDIR)"
+            )
         }
         let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard fd >= 0 else {
             throw Trace2ConfigurationError(
-                description: "--trace2-dir: inotify_init1 failed: \(String(cString: strerror(errno))) (raise fs.inotify.max_user_instances)")
+                description:
+                    "--trace2-dir: inotify_init1 failed: \(String(cString: strerror(errno))) (raise fs.inotify.max_user_instances)"
+            )
         }
         let mask = UInt32(IN_CREATE | IN_MOVED_TO | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR)
         guard inotify_add_watch(fd, configuration.directory, mask) >= 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
             throw Trace2ConfigurationError(
-                description: "--trace2-dir '\(configuration.directory)': cannot watch it: \(reason) (the tap needs read access to the directory)")
+                description:
+                    "--trace2-dir '\(configuration.directory)': cannot watch it: \(reason) (the tap needs read access to the directory)"
+            )
         }
         self.configuration = configuration
         self.collector = collector
@@ -113,7 +121,7 @@ public final class Trace2DirectoryWatcher: Sendable {
     }
 
     static func accepts(_ name: String) -> Bool {
-        if name.hasPrefix("gitaly-trace2") || name == "git-trace2-discard" { return true }
+        if name.hasPrefix("gitaly-trace2") { return true }
         return Trace2SessionID.isGitComponent(Substring(name))
     }
 
@@ -164,19 +172,25 @@ public final class Trace2DirectoryWatcher: Sendable {
             var offset = 0
             while offset + 16 <= count {
                 let (mask, length) = buffer.withUnsafeBytes { raw -> (UInt32, Int) in
-                    (raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self),
-                        Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self)))
+                    (
+                        raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self),
+                        Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self))
+                    )
                 }
                 let nameBytes = buffer[(offset + 16)..<min(count, offset + 16 + length)]
                 let name = String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self)
                 offset += 16 + length
                 if mask & UInt32(IN_Q_OVERFLOW) != 0 {
                     state.withLock { $0.inotifyOverflows += 1 }
-                    logger.warning("inotify queue overflowed: some Trace2 files may be missed (raise fs.inotify.max_queued_events)")
+                    logger.warning(
+                        "inotify queue overflowed: some Trace2 files may be missed (raise fs.inotify.max_queued_events)"
+                    )
                     continue
                 }
                 if mask & UInt32(IN_IGNORED) != 0 {
-                    logger.error("the Trace2 directory went away; no new files will be read", metadata: ["directory": "\(configuration.directory)"])
+                    logger.error(
+                        "the Trace2 directory went away; no new files will be read",
+                        metadata: ["directory": "\(configuration.directory)"])
                     continue
                 }
                 guard !name.isEmpty, mask & UInt32(IN_ISDIR) == 0 else { continue }

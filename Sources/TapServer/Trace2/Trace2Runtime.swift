@@ -63,7 +63,8 @@ public final class Trace2Runtime: Sendable {
             for directory in options.directories {
                 var configuration = Trace2DirectoryWatcher.Configuration(directory: directory)
                 configuration.deletedGrace = options.deletedFileGrace
-                watchers.append(try Trace2DirectoryWatcher(configuration: configuration, collector: collector, logger: logger))
+                watchers.append(
+                    try Trace2DirectoryWatcher(configuration: configuration, collector: collector, logger: logger))
             }
         } catch {
             for listener in listeners { await listener.stop() }
@@ -119,26 +120,32 @@ public final class Trace2Runtime: Sendable {
         ) {
             let c = collector.counts
             return [
-                ("{reason=\"malformed\"}", Double(c.malformedLines)), ("{reason=\"truncated\"}", Double(c.truncatedLines)),
-                ("{reason=\"oversized\"}", Double(c.oversizedLines)),
+                ("reason=\"malformed\"", Double(c.malformedLines)),
+                ("reason=\"truncated\"", Double(c.truncatedLines)),
+                ("reason=\"oversized\"", Double(c.oversizedLines)),
             ]
         }
         metrics.register(
-            name: "gitaly_tap_trace2_processes_total", help: "Git processes seen through Trace2, by how they were joined to an RPC.",
+            name: "gitaly_tap_trace2_processes_total",
+            help: "Git processes seen through Trace2, by how they were joined to an RPC.",
             type: "counter"
         ) {
             let c = collector.counts.correlation
             var rows = Trace2Correlator.MatchKey.allCases.filter { $0 != .none }.map {
-                ("{key=\"\($0.rawValue)\"}", Double(c.matched[$0.rawValue, default: 0]))
+                ("key=\"\($0.rawValue)\"", Double(c.matched[$0.rawValue, default: 0]))
             }
-            rows.append(("{key=\"none\"}", Double(c.unmatched)))
-            rows.append(("{key=\"shared\"}", Double(c.shared)))
+            rows.append(("key=\"none\"", Double(c.unmatched)))
+            rows.append(("key=\"shared\"", Double(c.shared)))
             return rows
         }
-        metrics.register(name: "gitaly_tap_trace2_processes_open", help: "Git processes whose Trace2 stream is still open.") {
+        metrics.register(
+            name: "gitaly_tap_trace2_processes_open", help: "Git processes whose Trace2 stream is still open."
+        ) {
             [("", Double(collector.openAndPending.open))]
         }
-        metrics.register(name: "gitaly_tap_trace2_processes_waiting", help: "Finished git processes waiting for their RPC.") {
+        metrics.register(
+            name: "gitaly_tap_trace2_processes_waiting", help: "Finished git processes waiting for their RPC."
+        ) {
             [("", Double(collector.openAndPending.pending))]
         }
         metrics.register(name: "gitaly_tap_trace2_streams_open", help: "Trace2 connections and files open now.") {

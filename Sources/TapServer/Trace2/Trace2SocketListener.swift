@@ -5,7 +5,7 @@ import Synchronization
 import TapTrace
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Where git sends Trace2 events: `GIT_TRACE2_EVENT=af_unix:[stream:|dgram:]<path>`.
@@ -40,10 +40,13 @@ public struct Trace2SocketTarget: Sendable, Hashable, CustomStringConvertible {
         }
         guard rest.hasPrefix("/") else {
             throw Trace2ConfigurationError(
-                description: "--trace2-socket '\(text)': git only accepts an absolute path, e.g. /run/gitaly-tap/trace2.sock or dgram:/run/gitaly-tap/trace2.dgram")
+                description:
+                    "--trace2-socket '\(text)': git only accepts an absolute path, e.g. /run/gitaly-tap/trace2.sock or dgram:/run/gitaly-tap/trace2.dgram"
+            )
         }
         guard rest.utf8.count < 108 else {
-            throw Trace2ConfigurationError(description: "--trace2-socket '\(text)': a unix socket path must be shorter than 108 bytes")
+            throw Trace2ConfigurationError(
+                description: "--trace2-socket '\(text)': a unix socket path must be shorter than 108 bytes")
         }
         self.kind = kind
         self.path = String(rest)

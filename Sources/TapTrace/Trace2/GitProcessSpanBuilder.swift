@@ -137,7 +137,8 @@ public enum GitProcessSpanBuilder {
             if let hook = child.hookName { attributes["git.hook.name"] = .string(hook) }
             if child.endUnixNano == nil { attributes["git.child.unfinished"] = .bool(true) }
             let status: Span.Status =
-                child.exitCode.map { $0 == 0 ? .ok : .init(code: .error, message: "exit code \($0)") } ?? .init(code: .unset)
+                child.exitCode.map { $0 == 0 ? .ok : .init(code: .error, message: "exit code \($0)") }
+                ?? .init(code: .unset)
             spans.append(
                 Span(
                     traceID: traceID, spanID: ids.children[child.childID] ?? SpanID.random(using: &generator),
@@ -159,8 +160,10 @@ public enum GitProcessSpanBuilder {
                     parentSpanID: ids.process,
                     name: "exec " + (exec.argv.first.map(GitProcess.basename) ?? exec.exe ?? "?"), kind: .internal,
                     startTimeUnixNano: exec.timeUnixNano,
-                    endTimeUnixNano: exec.failureCode == nil ? max(process.endUnixNano, exec.timeUnixNano) : exec.timeUnixNano,
-                    status: exec.failureCode == nil ? .ok : .init(code: .error, message: "exec failed (errno \(exec.failureCode!))"),
+                    endTimeUnixNano: exec.failureCode == nil
+                        ? max(process.endUnixNano, exec.timeUnixNano) : exec.timeUnixNano,
+                    status: exec.failureCode == nil
+                        ? .ok : .init(code: .error, message: "exec failed (errno \(exec.failureCode!))"),
                     attributes: attributes, sampled: sampled))
         }
         spans.append(contentsOf: threadSpans.values.sorted { $0.startTimeUnixNano < $1.startTimeUnixNano })

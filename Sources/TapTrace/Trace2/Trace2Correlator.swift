@@ -141,7 +141,9 @@ public struct Trace2Correlator: Sendable {
         rpcs[rpc.serial] = rpc
         rpcOrder.append(rpc.serial)
         if let id = rpc.correlationID { rpcsByCorrelation[id, default: []].append(rpc.serial) }
-        if let path = rpc.relativePath, !path.isEmpty { rpcsByPath[Self.lastComponent(path), default: []].append(rpc.serial) }
+        if let path = rpc.relativePath, !path.isEmpty {
+            rpcsByPath[Self.lastComponent(path), default: []].append(rpc.serial)
+        }
         while rpcs.count > configuration.maximumRetainedRPCs { dropOldestRPC() }
         return resolve(now: now, force: false)
     }
@@ -257,7 +259,8 @@ public struct Trace2Correlator: Sendable {
         let process = root.process
         let knownID = facts.prefix.flatMap { rpcsByCorrelation[$0] != nil ? $0 : nil } ?? facts.parameter
         let wait = Self.nanos(
-            knownID != nil || facts.prefix != nil ? configuration.waitWithCorrelationID
+            knownID != nil || facts.prefix != nil
+                ? configuration.waitWithCorrelationID
                 : configuration.waitWithoutCorrelationID)
         let expired = force || now >= root.arrivedAt + wait
 
@@ -282,7 +285,9 @@ public struct Trace2Correlator: Sendable {
                 repoCandidates.append(rpc)
             }
         }
-        if let best = bestInWindow(repoCandidates, process) { return .attach(best.rpc, .gitDir, candidates: best.count) }
+        if let best = bestInWindow(repoCandidates, process) {
+            return .attach(best.rpc, .gitDir, candidates: best.count)
+        }
         return expired ? .unmatched : .wait
     }
 
@@ -407,7 +412,11 @@ public struct Trace2Correlator: Sendable {
             }
             let name = process.commandName ?? ""
             chosen =
-                running.last { child in child.argv.contains { $0 == name || $0.hasSuffix("git-" + name) || $0.hasPrefix("git-" + name + " ") } }
+                running.last { child in
+                    child.argv.contains {
+                        $0 == name || $0.hasSuffix("git-" + name) || $0.hasPrefix("git-" + name + " ")
+                    }
+                }
                 ?? running.last
         }
         guard let child = chosen, let span = parent.ids.children[child.childID] else { return parent.ids.process }

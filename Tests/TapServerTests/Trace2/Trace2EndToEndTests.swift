@@ -31,7 +31,9 @@ struct Trace2EndToEndTests {
         return out
     }
 
-    @Test("a real git clone through the tap: RPC spans with upload-pack and pack-objects under them", arguments: Source.allCases)
+    @Test(
+        "a real git clone through the tap: RPC spans with upload-pack and pack-objects under them",
+        arguments: Source.allCases)
     func cloneThroughTheTap(source: Source) async throws {
         try GoPeer.require()
         let dir = try TempDir()
@@ -39,7 +41,9 @@ struct Trace2EndToEndTests {
         let storage = try await makeStorage(in: dir, repositories: ["a", "b"])
         let gitalyTmp = dir.file("gitaly-tmp")
         let traceDir = dir.file("trace2")
-        for path in [gitalyTmp, traceDir] { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false) }
+        for path in [gitalyTmp, traceDir] {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+        }
         let gitalySocket = dir.file("gitaly.sock")
         let tapSocket = dir.file("tap.sock")
 
@@ -73,23 +77,32 @@ struct Trace2EndToEndTests {
         _ = try await upstream.waitReady()
 
         let correlation = ["a": "corr-\(source.rawValue)-a", "b": "corr-\(source.rawValue)-b"]
-        let spans = try await Trace2Harness.with(trace2: options, listen: .unix(path: tapSocket), upstream: .unix(path: gitalySocket)) {
+        let spans = try await Trace2Harness.with(
+            trace2: options, listen: .unix(path: tapSocket), upstream: .unix(path: gitalySocket)
+        ) {
             h in
             let workhorse = try PeerProcess(
                 GoPeer.executable, ["workhorse", "--target", "unix:" + tapSocket], dir: dir, name: "workhorse")
             defer { workhorse.stop() }
             let ready = try await workhorse.waitReady()
-            let json = try JSONSerialization.jsonObject(with: Data(ready.dropFirst("READY ".count).utf8)) as? [String: Any]
+            let json =
+                try JSONSerialization.jsonObject(with: Data(ready.dropFirst("READY ".count).utf8)) as? [String: Any]
             let url = try #require(json?["url"] as? String)
             let clientEnvironment = ["GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_SYSTEM": "/dev/null"]
             // Two clones of different repositories at the same time.
             async let cloneA = runCommand(
                 "/usr/bin/git",
-                ["-c", "http.extraHeader=X-Request-Id: \(correlation["a"]!)", "clone", "-q", url + "/group/a.git", dir.file("clone-a")],
+                [
+                    "-c", "http.extraHeader=X-Request-Id: \(correlation["a"]!)", "clone", "-q", url + "/group/a.git",
+                    dir.file("clone-a"),
+                ],
                 environment: clientEnvironment)
             async let cloneB = runCommand(
                 "/usr/bin/git",
-                ["-c", "http.extraHeader=X-Request-Id: \(correlation["b"]!)", "clone", "-q", url + "/group/b.git", dir.file("clone-b")],
+                [
+                    "-c", "http.extraHeader=X-Request-Id: \(correlation["b"]!)", "clone", "-q", url + "/group/b.git",
+                    dir.file("clone-b"),
+                ],
                 environment: clientEnvironment)
             let (a, b) = try await (cloneA, cloneB)
             #expect(a.status == 0, "clone a: \(a.stderr) upstream: \(upstream.stderr.suffix(2000))")
@@ -128,7 +141,8 @@ struct Trace2EndToEndTests {
                     #expect(span.traceID == rpc.traceID)
                     #expect(
                         span.startTimeUnixNano >= rpc.startTimeUnixNano && span.endTimeUnixNano <= rpc.endTimeUnixNano,
-                        "\(span.name) [\(span.startTimeUnixNano), \(span.endTimeUnixNano)] outside \(rpc.name) [\(rpc.startTimeUnixNano), \(rpc.endTimeUnixNano)]")
+                        "\(span.name) [\(span.startTimeUnixNano), \(span.endTimeUnixNano)] outside \(rpc.name) [\(rpc.startTimeUnixNano), \(rpc.endTimeUnixNano)]"
+                    )
                 }
             }
             let fetch = try #require(
@@ -143,8 +157,11 @@ struct Trace2EndToEndTests {
             #expect(packObjects.string("git.command.hierarchy") == "upload-pack/pack-objects")
             let write = try #require(tree.first { $0.name == "pack-objects:write-pack-file" })
             #expect(write.parentSpanID == packObjects.spanID)
-            #expect(write.startTimeUnixNano >= packObjects.startTimeUnixNano && write.endTimeUnixNano <= packObjects.endTimeUnixNano)
-            #expect(packObjects.string("gitlab.correlation_id") == nil || packObjects.string("gitlab.correlation_id") == id)
+            #expect(
+                write.startTimeUnixNano >= packObjects.startTimeUnixNano
+                    && write.endTimeUnixNano <= packObjects.endTimeUnixNano)
+            #expect(
+                packObjects.string("gitlab.correlation_id") == nil || packObjects.string("gitlab.correlation_id") == id)
         }
         // Every git process span found its RPC.
         let unmatched = spans.filter { $0.string("trace2.correlation.key") == "none" }

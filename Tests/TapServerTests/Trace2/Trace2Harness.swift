@@ -38,7 +38,8 @@ struct Trace2Harness: Sendable {
             }
             proxy = p
         }
-        let harness = Trace2Harness(sink: sink, pipeline: pipeline, collector: collector, runtime: runtime, proxy: proxy)
+        let harness = Trace2Harness(
+            sink: sink, pipeline: pipeline, collector: collector, runtime: runtime, proxy: proxy)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await pipeline.run(flushInterval: .milliseconds(50)) }
             do {

@@ -16,7 +16,8 @@ struct Trace2SourceTests {
     static func descriptors(into directory: String) -> Int {
         let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
         return fds.filter { fd in
-            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"))?.hasPrefix(directory + "/")
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"))?.hasPrefix(
+                directory + "/")
                 == true
         }.count
     }
@@ -39,7 +40,9 @@ struct Trace2SourceTests {
                 environment: ["GIT_TRACE2_EVENT": "af_unix:stream:\(socket)"])
             print("trace2 socket burst: git processes done after \(clock.now - started)")
             #expect(result.status == 0, "\(result.stderr)")
-            try await h.wait("\(Self.burst) processes") { h.collector.counts.processesFinished >= Self.burst ? true : nil }
+            try await h.wait("\(Self.burst) processes") {
+                h.collector.counts.processesFinished >= Self.burst ? true : nil
+            }
             try await h.wait("connections closed") { h.runtime.listeners[0].openConnections == 0 ? true : nil }
             #expect(Self.unixSockets(at: socket) == 1)  // the listener alone
             let counts = h.collector.counts
@@ -73,7 +76,9 @@ struct Trace2SourceTests {
                 "/bin/sh", ["-c", "seq \(Self.burst) | xargs -P 8 -I{} git version > /dev/null"],
                 environment: ["GIT_TRACE2_EVENT": target])
             #expect(result.status == 0, "\(result.stderr)")
-            try await h.wait("\(Self.burst) processes") { h.collector.counts.processesFinished >= Self.burst ? true : nil }
+            try await h.wait("\(Self.burst) processes") {
+                h.collector.counts.processesFinished >= Self.burst ? true : nil
+            }
             let watcher = h.runtime.watchers[0]
             try await h.wait("files closed") { watcher.openFiles == 0 ? true : nil }
             #expect(Self.descriptors(into: target) == 0)
@@ -84,7 +89,9 @@ struct Trace2SourceTests {
         }
         #expect(sink.collected.filter { $0.name == "git version" }.count == Self.burst)
         #expect(watcher.isClosed)
-        print("trace2 directory burst: \(Self.burst) processes, descriptors before \(before), after \(openDescriptorCount())")
+        print(
+            "trace2 directory burst: \(Self.burst) processes, descriptors before \(before), after \(openDescriptorCount())"
+        )
     }
 
     @Test("Gitaly-style temp files, deleted right after the command: read to the end, descriptors released")
@@ -113,7 +120,9 @@ struct Trace2SourceTests {
             let counts = watcher.counts
             #expect(h.collector.counts.processesFinished == counts.filesOpened)
             #expect(h.collector.counts.incompleteProcesses == 0)
-            print("trace2 temp files: \(count) created and deleted, \(counts.filesOpened) read, \(counts.filesMissed) missed")
+            print(
+                "trace2 temp files: \(count) created and deleted, \(counts.filesOpened) read, \(counts.filesMissed) missed"
+            )
             return h.sink
         }
         let spans = sink.collected.filter { $0.name == "git rev-parse" }
@@ -148,6 +157,12 @@ struct Trace2SourceTests {
             #expect(counts.events == 3)
             #expect(counts.truncatedLines == 1)
             #expect(counts.processesFinished == 1 && counts.incompleteProcesses == 1)
+            let metrics = TapMetrics()
+            h.runtime.registerMetrics(metrics)
+            let text = metrics.render()
+            #expect(text.contains("gitaly_tap_trace2_events_total 3\n"))
+            #expect(text.contains("gitaly_tap_trace2_malformed_lines_total{reason=\"truncated\"} 1\n"))
+            #expect(text.contains("gitaly_tap_trace2_streams_open 0\n"))
             return h.sink
         }
         let span = try #require(sink.collected.first { $0.name == "git status" })

@@ -6,9 +6,10 @@ struct GitProcessModelTests {
     @Test("a real clone becomes five processes with names, hierarchy, argv, pids and exit codes")
     func cloneProcesses() throws {
         let processes = try Trace2Fixture.processes("clone-sid-prefix")
-        #expect(processes.map(\.spanName).sorted() == [
-            "git clone", "git index-pack", "git pack-objects", "git rev-list", "git upload-pack",
-        ])
+        #expect(
+            processes.map(\.spanName).sorted() == [
+                "git clone", "git index-pack", "git pack-objects", "git rev-list", "git upload-pack",
+            ])
         let byName = Dictionary(uniqueKeysWithValues: processes.map { ($0.commandName!, $0) })
         let clone = try #require(byName["clone"])
         let uploadPack = try #require(byName["upload-pack"])
@@ -75,11 +76,18 @@ struct GitProcessModelTests {
             event("version", "main", 0),
             event("start", "main", 1, ["argv": .array([.string("git"), .string("status")])]),
             event("thread_start", "th01:preload_thread", 10),
-            event("region_enter", "th01:preload_thread", 11, ["category": .string("index"), "label": .string("preload")]),
-            event("region_leave", "th01:preload_thread", 20, ["category": .string("index"), "label": .string("preload")]),
+            event(
+                "region_enter", "th01:preload_thread", 11, ["category": .string("index"), "label": .string("preload")]),
+            event(
+                "region_leave", "th01:preload_thread", 20, ["category": .string("index"), "label": .string("preload")]),
             event("thread_exit", "th01:preload_thread", 21, ["t_rel": .number("0.000011")]),
             event("region_enter", "main", 30, ["category": .string("status"), "label": .string("print")]),
-            event("th_timer", "th01:preload_thread", 40, ["category": .string("test"), "name": .string("t1"), "intervals": .number("3"), "t_total": .number("0.5")]),
+            event(
+                "th_timer", "th01:preload_thread", 40,
+                [
+                    "category": .string("test"), "name": .string("t1"), "intervals": .number("3"),
+                    "t_total": .number("0.5"),
+                ]),
             event("counter", "main", 41, ["category": .string("test"), "name": .string("c1"), "count": .number("7")]),
             event("exit", "main", 50, ["code": .number("0")]),
         ]
@@ -151,8 +159,12 @@ struct GitProcessModelTests {
         ].map { .string($0) }
         let events = [
             Trace2Event(name: "start", sid: sid, timeUnixNano: 1_000, fields: ["argv": .array(argv)]),
-            Trace2Event(name: "def_param", sid: sid, timeUnixNano: 2_000, fields: ["param": "http.extraheader", "value": "Bearer tok"].mapValues { .string($0) }),
-            Trace2Event(name: "error", sid: sid, timeUnixNano: 3_000, fields: ["msg": .string("could not read from https://user:hunter2@example.com/x")]),
+            Trace2Event(
+                name: "def_param", sid: sid, timeUnixNano: 2_000,
+                fields: ["param": "http.extraheader", "value": "Bearer tok"].mapValues { .string($0) }),
+            Trace2Event(
+                name: "error", sid: sid, timeUnixNano: 3_000,
+                fields: ["msg": .string("could not read from https://user:hunter2@example.com/x")]),
             Trace2Event(name: "atexit", sid: sid, timeUnixNano: 4_000, fields: ["code": .number("1")]),
         ]
         let process = try #require(Trace2Fixture.processes(from: events).first)
@@ -167,4 +179,3 @@ struct GitProcessModelTests {
         #expect(text.contains("https://<redacted>@example.com/group/project.git"))
     }
 }
-

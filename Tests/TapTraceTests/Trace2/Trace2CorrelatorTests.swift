@@ -64,8 +64,10 @@ struct Trace2CorrelatorTests {
     func defParam() throws {
         let (start, end) = try Self.window("def-param")
         var correlator = Trace2Correlator(seed: 2)
-        let other = rpcSpan(traceLow: 9, spanID: 0x99, start: start - Self.ms, end: end + Self.ms, correlationID: "other")
-        let rpc = rpcSpan(traceLow: 2, spanID: 0x22, start: start - Self.ms, end: end + Self.ms, correlationID: "corr-param-2")
+        let other = rpcSpan(
+            traceLow: 9, spanID: 0x99, start: start - Self.ms, end: end + Self.ms, correlationID: "other")
+        let rpc = rpcSpan(
+            traceLow: 2, spanID: 0x22, start: start - Self.ms, end: end + Self.ms, correlationID: "corr-param-2")
         _ = correlator.add(rpc: other, now: end)
         _ = correlator.add(rpc: rpc, now: end)
         let spans = try Self.feed("def-param", into: &correlator, now: end)
@@ -83,7 +85,8 @@ struct Trace2CorrelatorTests {
             relativePath: "group/c.git")
         let otherRepo = rpcSpan(
             traceLow: 8, spanID: 0x88, start: start - Self.ms, end: end + Self.ms, relativePath: "group/a.git")
-        let rpc = rpcSpan(traceLow: 3, spanID: 0x33, start: start - Self.ms, end: end + Self.ms, relativePath: "group/c.git")
+        let rpc = rpcSpan(
+            traceLow: 3, spanID: 0x33, start: start - Self.ms, end: end + Self.ms, relativePath: "group/c.git")
         for span in [before, otherRepo, rpc] { _ = correlator.add(rpc: span, now: end) }
         let spans = try Self.feed("git-dir", into: &correlator, now: end)
         let process = try spans.one("git upload-pack")
@@ -99,7 +102,8 @@ struct Trace2CorrelatorTests {
         configuration.storageRoots = ["default": "/srv/elsewhere"]
         var correlator = Trace2Correlator(configuration: configuration, seed: 4)
         _ = correlator.add(
-            rpc: rpcSpan(traceLow: 3, spanID: 0x33, start: start - Self.ms, end: end + Self.ms, relativePath: "group/c.git"),
+            rpc: rpcSpan(
+                traceLow: 3, spanID: 0x33, start: start - Self.ms, end: end + Self.ms, relativePath: "group/c.git"),
             now: end)
         #expect(try Self.feed("git-dir", into: &correlator, now: end).isEmpty)
         let spans = correlator.flush(now: end + Self.second)
@@ -146,8 +150,10 @@ struct Trace2CorrelatorTests {
     func concurrentRepositories() throws {
         let (start, end) = try Self.window("concurrent")
         var correlator = Trace2Correlator(seed: 7)
-        let a = rpcSpan(traceLow: 0xA, spanID: 0xA, start: start - Self.ms, end: end + Self.ms, relativePath: "group/a.git")
-        let b = rpcSpan(traceLow: 0xB, spanID: 0xB, start: start - Self.ms, end: end + Self.ms, relativePath: "group/b.git")
+        let a = rpcSpan(
+            traceLow: 0xA, spanID: 0xA, start: start - Self.ms, end: end + Self.ms, relativePath: "group/a.git")
+        let b = rpcSpan(
+            traceLow: 0xB, spanID: 0xB, start: start - Self.ms, end: end + Self.ms, relativePath: "group/b.git")
         _ = correlator.add(rpc: a, now: end)
         _ = correlator.add(rpc: b, now: end)
         let spans = try Self.feed("concurrent", into: &correlator, now: end)
@@ -172,7 +178,8 @@ struct Trace2CorrelatorTests {
         var correlator = Trace2Correlator(seed: 8)
         #expect(try Self.feed("def-param", into: &correlator, now: end).isEmpty)
         #expect(correlator.tick(now: end + 5 * Self.second).isEmpty)
-        let rpc = rpcSpan(traceLow: 2, spanID: 0x22, start: start - Self.ms, end: end + Self.ms, correlationID: "corr-param-2")
+        let rpc = rpcSpan(
+            traceLow: 2, spanID: 0x22, start: start - Self.ms, end: end + Self.ms, correlationID: "corr-param-2")
         let spans = correlator.add(rpc: rpc, now: end + 6 * Self.second)
         #expect(try spans.one("git rev-list").parentSpanID == rpc.spanID)
     }
@@ -219,7 +226,8 @@ struct Trace2CorrelatorTests {
         #expect(correlator.add(.finished(packObjects), now: now).isEmpty)
         #expect(correlator.tick(now: now + Self.second).isEmpty)
         let rpc = rpcSpan(
-            traceLow: 1, spanID: 0x11, start: packObjects.startUnixNano - Self.ms, end: packObjects.endUnixNano + Self.ms,
+            traceLow: 1, spanID: 0x11, start: packObjects.startUnixNano - Self.ms,
+            end: packObjects.endUnixNano + Self.ms,
             correlationID: "corr-clone-1")
         _ = correlator.add(rpc: rpc, now: now + Self.second)
         let spans = correlator.tick(now: now + 3 * Self.second)
@@ -240,7 +248,8 @@ struct Trace2CorrelatorTests {
         #expect(correlator.retainedRPCCount == 5)
         var emitted = 0
         for i in 0..<30 {
-            var process = GitProcess(sid: "20260101T000000.000000Z-H00000000-P\(String(format: "%08x", i + 1))", startUnixNano: 10)
+            var process = GitProcess(
+                sid: "20260101T000000.000000Z-H00000000-P\(String(format: "%08x", i + 1))", startUnixNano: 10)
             process.argv = ["git", "version"]
             process.ending = .atexit
             emitted += correlator.add(.finished(process), now: UInt64(100 + i)).count
@@ -256,7 +265,8 @@ struct Trace2CorrelatorTests {
         let parentSID = "20260101T000000.000000Z-H00000000-P00000100"
         let childSID = parentSID + "/20260101T000000.002000Z-H00000000-P00000100"
         let base: UInt64 = 1_767_225_600_000_000_000
-        func event(_ sid: String, _ name: String, _ micros: UInt64, _ fields: [String: JSONValue] = [:]) -> Trace2Event {
+        func event(_ sid: String, _ name: String, _ micros: UInt64, _ fields: [String: JSONValue] = [:]) -> Trace2Event
+        {
             Trace2Event(name: name, sid: sid, timeUnixNano: base + micros * 1000, fields: fields)
         }
         var assembler = Trace2ProcessAssembler()
@@ -265,7 +275,9 @@ struct Trace2CorrelatorTests {
         outputs += assembler.add(
             event(parentSID, "start", 20, ["argv": .array([.string("git"), .string("foo")])]), now: base)
         outputs += assembler.add(
-            event(parentSID, "exec", 1000, ["exec_id": .number("0"), "exe": .string("git"), "argv": .array([.string("git-foo")])]),
+            event(
+                parentSID, "exec", 1000,
+                ["exec_id": .number("0"), "exe": .string("git"), "argv": .array([.string("git-foo")])]),
             now: base)
         // The exec closes the parent's connection (close-on-exec); the new program reports with a nested sid.
         outputs += assembler.endOfStream(sids: [parentSID], reason: "connection closed")

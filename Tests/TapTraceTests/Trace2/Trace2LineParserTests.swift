@@ -151,7 +151,8 @@ struct Trace2LineParserTests {
         #expect(Trace2Time.parseEventTime("1970-01-01T00:00:01.5Z") == 1_500_000_000)
         #expect(Trace2Time.parseEventTime("2024-02-29T12:00:00.000001Z") == 1_709_208_000_000_001_000)
         #expect(Trace2Time.parseEventTime("2024-02-29 12:00:00Z") == nil)
-        let sid = Trace2SessionID("corr-1/20261125T102656.159412Z-H0a7c9cdf-P00002aad/20261125T102656.164624Z-H0a7c9cdf-P00002aaf")
+        let sid = Trace2SessionID(
+            "corr-1/20261125T102656.159412Z-H0a7c9cdf-P00002aad/20261125T102656.164624Z-H0a7c9cdf-P00002aaf")
         #expect(sid.pid == 0x2aaf)
         #expect(sid.parent == "corr-1/20261125T102656.159412Z-H0a7c9cdf-P00002aad")
         #expect(sid.outsidePrefix == "corr-1")
