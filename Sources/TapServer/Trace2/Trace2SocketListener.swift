@@ -131,6 +131,12 @@ public final class Trace2SocketListener: Sendable {
             return c
         }
         try? await server?.close()
+        // Connections of processes that already ended close by themselves once their last bytes are read: give them
+        // a moment, so a stop right after a burst loses nothing. Long-lived processes are cut after that.
+        let deadline = ContinuousClock.now + .seconds(1)
+        while openConnections > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
         for connection in connections.withLock({ Array($0.values) }) {
             try? await connection.close()
         }
