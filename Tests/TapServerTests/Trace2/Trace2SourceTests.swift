@@ -8,7 +8,9 @@ import Testing
 struct Trace2SourceTests {
     /// Accepted connections and listeners bound to `path` (a unix socket shows its path on both).
     static func unixSockets(at path: String) -> Int {
-        let table = (try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8)) ?? ""
+        // procfs files report size 0: read until end of file rather than trusting the size.
+        let table = (FileHandle(forReadingAtPath: "/proc/net/unix").flatMap { try? $0.readToEnd() })
+            .map { String(decoding: $0, as: UTF8.self) } ?? ""
         return table.split(separator: "\n").filter { $0.hasSuffix(" " + path) }.count
     }
 
