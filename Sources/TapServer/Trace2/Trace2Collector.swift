@@ -85,11 +85,15 @@ public final class Trace2Collector: SpanObserver {
     // MARK: - Sources
 
     /// A number for a new stream (connection, file, datagram socket).
-    public func openStream() -> UInt64 {
+    ///
+    /// - Parameter tracksProcesses: remember which processes the stream carried, so its end can finish them. A
+    ///   datagram socket carries every process for the tap's whole life and passes false: its processes end by
+    ///   their own events or by idle expiry, and nothing grows with them.
+    public func openStream(tracksProcesses: Bool = true) -> UInt64 {
         state.withLock { s in
             s.nextStream += 1
             s.counts.streamsOpened += 1
-            s.streamSIDs[s.nextStream] = []
+            if tracksProcesses { s.streamSIDs[s.nextStream] = [] }
             return s.nextStream
         }
     }

@@ -80,7 +80,7 @@ public final class Trace2DatagramReceiver: Sendable {
     private func loop() {
         var parser = Trace2LineParser()
         var reported = Trace2LineParser.Counts()
-        let stream = collector.openStream()
+        let stream = collector.openStream(tracksProcesses: false)
         var buffer = [UInt8](repeating: 0, count: 65_536)
         var stopped = false
         while !stopped {
