@@ -136,6 +136,9 @@ public final class Trace2DirectoryWatcher: Sendable {
             readNotifications(into: &files, buffer: &buffer)
             let now = ContinuousClock.now
             for name in Array(files.keys) {
+                // A new file may live only a few milliseconds (Gitaly deletes it right after a short command): look
+                // for new files between reads rather than once per round.
+                readNotifications(into: &files, buffer: &buffer)
                 guard var file = files[name] else { continue }
                 if read(&file, buffer: &buffer) { file.lastGrowth = now }
                 let quiet = now - file.lastGrowth
@@ -216,7 +219,16 @@ public final class Trace2DirectoryWatcher: Sendable {
         let path = configuration.directory + "/" + name
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else {
-            state.withLock { $0.filesMissed += 1 }
+            let reason = String(cString: strerror(errno))
+            let first = state.withLock { c -> Bool in
+                c.filesMissed += 1
+                return c.filesMissed == 1
+            }
+            if first {
+                logger.warning(
+                    "a Trace2 file could not be opened (gone already, or no permission); further misses are only counted",
+                    metadata: ["file": "\(path)", "error": "\(reason)"])
+            }
             return
         }
         state.withLock { $0.filesOpened += 1 }

@@ -148,6 +148,21 @@ public final class Trace2Runtime: Sendable {
         ) {
             [("", Double(collector.openAndPending.pending))]
         }
+        if !watchers.isEmpty {
+            metrics.register(
+                name: "gitaly_tap_trace2_files_total",
+                help:
+                    "Trace2 event files seen in watched directories: read, missed (gone before opened), ignored (other names).",
+                type: "counter"
+            ) {
+                let c = watchers.map(\.counts)
+                return [
+                    ("result=\"read\"", Double(c.reduce(0) { $0 + $1.filesOpened })),
+                    ("result=\"missed\"", Double(c.reduce(0) { $0 + $1.filesMissed })),
+                    ("result=\"ignored\"", Double(c.reduce(0) { $0 + $1.filesIgnored })),
+                ]
+            }
+        }
         metrics.register(name: "gitaly_tap_trace2_streams_open", help: "Trace2 connections and files open now.") {
             [("", Double(listeners.reduce(0) { $0 + $1.openConnections } + watchers.reduce(0) { $0 + $1.openFiles }))]
         }
