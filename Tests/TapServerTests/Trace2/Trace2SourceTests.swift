@@ -122,6 +122,11 @@ struct Trace2SourceTests {
             let counts = watcher.counts
             #expect(h.collector.counts.processesFinished == counts.filesOpened)
             #expect(h.collector.counts.incompleteProcesses == 0)
+            let metrics = TapMetrics()
+            h.runtime.registerMetrics(metrics)
+            let text = metrics.render()
+            #expect(text.contains("gitaly_tap_trace2_files_total{result=\"read\"} \(counts.filesOpened)\n"))
+            #expect(text.contains("gitaly_tap_trace2_files_total{result=\"missed\"} \(counts.filesMissed)\n"))
             print(
                 "trace2 temp files: \(count) created and deleted, \(counts.filesOpened) read, \(counts.filesMissed) missed"
             )
