@@ -115,16 +115,10 @@ public struct GitProcess: Sendable, Equatable {
     public var hierarchy: String?
     /// `cmd_mode` names in order.
     public var modes: [String] = []
-    /// `alias`: the alias and its expansion.
-    public var alias: (name: String, argv: [String])? {
-        get { aliasName.map { ($0, aliasArgv) } }
-        set {
-            aliasName = newValue?.name
-            aliasArgv = newValue?.argv ?? []
-        }
-    }
-    var aliasName: String?
-    var aliasArgv: [String] = []
+    /// `alias.alias`: the alias that was expanded, if any.
+    public var aliasName: String?
+    /// `alias.argv`: its expansion.
+    public var aliasArgv: [String] = []
     /// `def_repo.worktree`.
     public var worktree: String?
     /// `cmd_path.path`.
@@ -159,12 +153,6 @@ public struct GitProcess: Sendable, Equatable {
         self.pid = self.sid.pid
         self.startUnixNano = startUnixNano
         self.endUnixNano = startUnixNano
-    }
-
-    public static func == (lhs: GitProcess, rhs: GitProcess) -> Bool {
-        lhs.sid == rhs.sid && lhs.argv == rhs.argv && lhs.startUnixNano == rhs.startUnixNano
-            && lhs.endUnixNano == rhs.endUnixNano && lhs.ending == rhs.ending && lhs.regions == rhs.regions
-            && lhs.children == rhs.children && lhs.data == rhs.data && lhs.eventCount == rhs.eventCount
     }
 
     /// The short stable span name: `git <cmd_name>` (else from argv).

@@ -200,7 +200,7 @@ public enum GitProcessSpanBuilder {
         if let name = process.commandName { a["git.command"] = .string(name) }
         if let hierarchy = process.hierarchy { a["git.command.hierarchy"] = .string(hierarchy) }
         if !process.modes.isEmpty { a["git.command.mode"] = .string(process.modes.joined(separator: ",")) }
-        if let alias = process.alias { a["git.alias"] = .string(alias.name) }
+        if let alias = process.aliasName { a["git.alias"] = .string(alias) }
         if let parent = process.sid.parent { a["trace2.parent_sid"] = .string(parent) }
         if let pid = process.pid { a["process.pid"] = .int(Int64(pid)) }
         if let version = process.gitVersion { a["git.version"] = .string(version) }

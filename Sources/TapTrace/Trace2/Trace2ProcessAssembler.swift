@@ -215,7 +215,10 @@ public struct Trace2ProcessAssembler: Sendable {
         case "cmd_ancestry":
             state.process.ancestry = event.strings("ancestry") ?? []
         case "alias":
-            if let name = event.string("alias") { state.process.alias = (name, event.strings("argv") ?? []) }
+            if let name = event.string("alias") {
+                state.process.aliasName = name
+                state.process.aliasArgv = event.strings("argv") ?? []
+            }
         case "def_param":
             if let param = event.string("param"), state.process.parameters.count < limits.maximumItemsPerProcess {
                 state.process.parameters[param] = event.fields["value"].map(Self.text) ?? ""
