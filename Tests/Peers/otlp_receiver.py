@@ -261,6 +261,8 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # A parent that blocks these signals (a test runner) passes its mask on: unblock, or SIGTERM never arrives.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     bound = server.server_address[1]
     print("READY " + json.dumps({"listen": ["tcp://%s:%d" % (host, bound)], "url": "http://%s:%d" % (host, bound),
                                  "pid": os.getpid()}), flush=True)
