@@ -86,8 +86,8 @@ public enum ProxyRuntime {
 
     /// Values read at scrape time.
     static func registerGauges(_ metrics: TapMetrics, proxy: TapProxy, pipeline: SpanPipeline) {
-        metrics.register(name: "gitaly_tap_connections_open", help: "Client connections open now.") {
-            [("", Double(proxy.openConnections))]
+        metrics.register(name: "gitaly_tap_connections_open", help: "Client connections open now, by kind.") {
+            proxy.openConnectionsByKind.sorted { $0.key < $1.key }.map { ("kind=\"\($0.key)\"", Double($0.value)) }
         }
         metrics.register(name: "gitaly_tap_spans_total", help: "Spans built from observed calls and connections.", type: "counter") {
             [("", Double(pipeline.currentCounts.spans))]
