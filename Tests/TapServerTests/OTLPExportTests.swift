@@ -6,46 +6,6 @@ import TapServer
 import TapTrace
 import Testing
 
-/// Log lines kept in memory, so tests can check what the exporter logged.
-final class CollectedLogs: Sendable {
-    private let lines = Mutex<[(level: Logger.Level, message: String, metadata: [String: String])]>([])
-
-    func append(_ level: Logger.Level, _ message: String, _ metadata: [String: String]) {
-        lines.withLock { $0.append((level, message, metadata)) }
-    }
-
-    var all: [(level: Logger.Level, message: String, metadata: [String: String])] { lines.withLock { $0 } }
-
-    func logger() -> Logger {
-        var logger = Logger(label: "otlp-test") { _ in CollectingLogHandler(sink: self) }
-        logger.logLevel = .info
-        return logger
-    }
-}
-
-struct CollectingLogHandler: LogHandler {
-    let sink: CollectedLogs
-    var logLevel: Logger.Level = .info
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        sink.append(event.level, "\(event.message)", merged.mapValues { "\($0)" })
-    }
-
-    func log(
-        level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String,
-        function: String, line: UInt
-    ) {
-        log(event: LogEvent(level: level, message: message, metadata: metadata, source: source, file: file, function: function, line: line))
-    }
-}
-
 /// The test OTLP/HTTP receiver (Tests/Peers/otlp_receiver.py): decodes with the official opentelemetry-proto.
 struct OTLPReceiver {
     let process: PeerProcess
@@ -161,14 +121,14 @@ struct OTLPExportTests {
         defer { server.stop() }
         let receiver = try await OTLPReceiver.start(in: dir)
         defer { receiver.process.stop() }
-        let logs = CollectedLogs()
+        let (logger, logs) = CapturingLogHandler.logger()
         let authHex = String(repeating: "c0ffee", count: 10) + "abcd"
 
         let traces = Dictionary(uniqueKeysWithValues: Self.scenarios.enumerated().map { index, s in
             (s.0, (String(format: "4bf92f3577b34da6a3ce929d0e0e%04x", index + 1), String(format: "00f067aa0ba9%04x", index + 1)))
         })
         let tapSink = try await Self.withTap(
-            upstream: echoAddress, dir: dir, configuration: try Self.configuration(receiver.url, encoding), logger: logs.logger()
+            upstream: echoAddress, dir: dir, configuration: try Self.configuration(receiver.url, encoding), logger: logger
         ) { tap, exporter, sink in
             for (scenario, _, _, _) in Self.scenarios {
                 let (trace, parent) = traces[scenario]!
@@ -301,7 +261,7 @@ struct OTLPExportTests {
 
         var configuration = try Self.configuration(receiver.url, encoding)
         configuration.batchSize = 3  // two requests: a full batch and a partial one
-        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: CollectedLogs().logger())
+        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: CapturingLogHandler.logger().0)
         async let running: Void = exporter.run()
         for span in all { exporter.write(span) }
         try await Self.waitUntil("four spans at the receiver") { try receiver.stats()["spans"] as? Int == 4 }
@@ -370,7 +330,7 @@ struct OTLPExportTests {
         defer { server.stop() }
         var receiver = try await OTLPReceiver.start(in: dir, name: "otlp1")
         let port = receiver.port
-        let logs = CollectedLogs()
+        let (logger, logs) = CapturingLogHandler.logger()
         var configuration = try Self.configuration(receiver.url, .protobuf)
         configuration.batchSize = 16
         configuration.queueCapacity = 64
@@ -379,7 +339,7 @@ struct OTLPExportTests {
         configuration.logInterval = .milliseconds(200)
         var latencies: [String: [Double]] = [:]
 
-        let exporter = try await Self.withTap(upstream: echoAddress, dir: dir, configuration: configuration, logger: logs.logger()) {
+        let exporter = try await Self.withTap(upstream: echoAddress, dir: dir, configuration: configuration, logger: logger) {
             tap, exporter, sink in
             // 1. Live backend.
             latencies["live", default: []] += try await Self.timedCalls(tap, 200, "live")
@@ -465,5 +425,41 @@ struct OTLPExportTests {
             print("OTLP latency report: backend \(phase): \(Self.summary(latencies[phase] ?? []))")
         }
         print("OTLP export counts: \(c)")
+    }
+
+    @Test("the gitaly-tap executable exports with --otlp, --otlp-encoding and --service-name, and flushes on SIGTERM")
+    func executableExportsAndFlushesOnSigterm() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let (echo, echoAddress, _) = try await EchoPeerTests.startEchoServer(in: dir)
+        defer { echo.stop() }
+        let receiver = try await OTLPReceiver.start(in: dir)
+        defer { receiver.process.stop() }
+        let tap = try PeerProcess(
+            try Peers.tapExecutable(),
+            [
+                "proxy", "--listen", "unix:" + dir.file("tap.sock"), "--upstream", echoAddress, "--spans", dir.file("spans.jsonl"),
+                "--otlp", receiver.url, "--otlp-encoding", "json", "--service-name", "gdk-tap", "--log-format", "json",
+            ], dir: dir, name: "tap")
+        defer { tap.stop() }
+        try await tap.waitForFile(dir.file("tap.sock"))
+        let result = try await EchoPeerTests.client(
+            "unix:" + dir.file("tap.sock"), "unary",
+            ["--count", "3", "--correlation-id", "cli", "--trace-id", "0af7651916cd43dd8448eb211c80319c"])
+        #expect(result.status == 0, "\(result.stderr)")
+        // SIGTERM right away: the spans may still be queued; the final flush must send them before the exit.
+        tap.signal(SIGTERM)
+        _ = try await ShutdownTests.waitExit(tap, timeout: .seconds(20))
+        #expect(tap.process.terminationStatus == 0, "\(tap.stderr)")
+        let spans = try receiver.spans(correlationID: "cli")
+        #expect(spans.count == 3)
+        for span in spans {
+            #expect(span["encoding"] as? String == "json")
+            #expect(span["traceId"] as? String == "0af7651916cd43dd8448eb211c80319c")
+            #expect((span["resource"] as? [String: Any])?["service.name"] as? String == "gdk-tap")
+            #expect((span["resource"] as? [String: Any])?["host.name"] as? String == ProcessInfo.processInfo.hostName)
+        }
+        let finished = tap.stderr.split(separator: "\n").first { $0.contains("OTLP export finished") }
+        #expect(finished?.contains("\"spans_sent\":\"3\"") == true, "\(tap.stderr)")
     }
 }

@@ -59,14 +59,16 @@ struct OTLPExporterUnitTests {
         defer { receiver.process.stop() }
         var configuration = try OTLPExportTests.configuration(receiver.url, .json)
         configuration.batchInterval = .seconds(3600)
-        let logs = CollectedLogs()
-        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logs.logger())
+        let (logger, logs) = CapturingLogHandler.logger()
+        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         async let running: Void = exporter.run()
         for n: UInt64 in 1...7 { exporter.write(Self.span(n)) }
         exporter.finish()
         await running
         #expect(exporter.currentCounts.sent == 7)
         #expect(try receiver.stats()["spans"] as? Int == 7)
+        #expect(logs.all.last?.message == "OTLP export finished")
+        #expect(logs.all.last?.metadata["spans_sent"] == "7")
         exporter.write(Self.span(8))
         #expect(exporter.currentCounts.droppedShutdown == 1, "a span after finish() is dropped and counted")
     }
@@ -81,8 +83,8 @@ struct OTLPExporterUnitTests {
         var configuration = try OTLPExportTests.configuration(receiver.url, .protobuf)
         configuration.requestTimeout = .seconds(60)
         configuration.shutdownTimeout = .milliseconds(300)
-        let logs = CollectedLogs()
-        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logs.logger())
+        let (logger, logs) = CapturingLogHandler.logger()
+        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         async let running: Void = exporter.run()
         for n: UInt64 in 1...5 { exporter.write(Self.span(n)) }
         try await OTLPExportTests.waitUntil("the request to be in flight") { try receiver.stats()["requests"] as? Int == 1 }
@@ -103,8 +105,8 @@ struct OTLPExporterUnitTests {
         defer { receiver.process.stop() }
         _ = try receiver.control("/control/fail?status=400&count=1")
         let configuration = try OTLPExportTests.configuration(receiver.url, .protobuf)
-        let logs = CollectedLogs()
-        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logs.logger())
+        let (logger, logs) = CapturingLogHandler.logger()
+        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         async let running: Void = exporter.run()
         for n: UInt64 in 1...3 { exporter.write(Self.span(n)) }
         try await OTLPExportTests.waitUntil("the batch to be rejected") { exporter.currentCounts.droppedRejected == 3 }
