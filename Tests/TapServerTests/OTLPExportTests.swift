@@ -16,7 +16,10 @@ struct OTLPReceiver {
         try Peers.requirePython()
         let process = try PeerProcess(
             Peers.python,
-            [Peers.script("otlp_receiver.py"), "--listen", "tcp://127.0.0.1:\(port)", "--out", dir.file("received.jsonl")],
+            [
+                Peers.script("otlp_receiver.py"), "--listen", "tcp://127.0.0.1:\(port)", "--out",
+                dir.file("received.jsonl"),
+            ],
             dir: dir, name: name)
         let ready = try await process.waitReady()
         let json = try JSONSerialization.jsonObject(with: Data(ready.dropFirst("READY ".count).utf8)) as! [String: Any]
@@ -60,7 +63,8 @@ struct OTLPExportTests {
     ) async throws -> T {
         let sink = CollectingSpanSink()
         let log = try SpanLogWriter(path: dir.file("spans.jsonl"))
-        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        let exporter = OTLPExporter(
+            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         let pipeline = SpanPipeline(sinks: [sink, log, exporter], logger: logger)
         let listen = TapAddress.unix(path: dir.file("tap.sock"))
         let proxy = TapProxy(
@@ -112,7 +116,9 @@ struct OTLPExportTests {
         ("trailers_only", "Unary", 5, 2), ("cancel", "ServerStream", nil, 2),
     ]
 
-    @Test("real gRPC calls through the tap arrive at the OTLP receiver with the caller's trace, attributes and status", arguments: ["protobuf", "json"])
+    @Test(
+        "real gRPC calls through the tap arrive at the OTLP receiver with the caller's trace, attributes and status",
+        arguments: ["protobuf", "json"])
     func realTrafficIsExported(encodingName: String) async throws {
         let encoding = try #require(OTLPEncoding(rawValue: encodingName))
         let dir = try TempDir()
@@ -124,18 +130,29 @@ struct OTLPExportTests {
         let (logger, logs) = CapturingLogHandler.logger()
         let authHex = String(repeating: "c0ffee", count: 10) + "abcd"
 
-        let traces = Dictionary(uniqueKeysWithValues: Self.scenarios.enumerated().map { index, s in
-            (s.0, (String(format: "4bf92f3577b34da6a3ce929d0e0e%04x", index + 1), String(format: "00f067aa0ba9%04x", index + 1)))
-        })
+        let traces = Dictionary(
+            uniqueKeysWithValues: Self.scenarios.enumerated().map { index, s in
+                (
+                    s.0,
+                    (
+                        String(format: "4bf92f3577b34da6a3ce929d0e0e%04x", index + 1),
+                        String(format: "00f067aa0ba9%04x", index + 1)
+                    )
+                )
+            })
         let tapSink = try await Self.withTap(
-            upstream: echoAddress, dir: dir, configuration: try Self.configuration(receiver.url, encoding), logger: logger
+            upstream: echoAddress, dir: dir, configuration: try Self.configuration(receiver.url, encoding),
+            logger: logger
         ) { tap, exporter, sink in
             for (scenario, _, _, _) in Self.scenarios {
                 let (trace, parent) = traces[scenario]!
                 let result = try await EchoPeerTests.client(
                     tap, scenario,
-                    ["--correlation-id", "otlp-\(encodingName)-\(scenario)", "--trace-id", trace, "--parent-span-id", parent,
-                     "--auth-hex", authHex])
+                    [
+                        "--correlation-id", "otlp-\(encodingName)-\(scenario)", "--trace-id", trace, "--parent-span-id",
+                        parent,
+                        "--auth-hex", authHex,
+                    ])
                 #expect(result.status == 0, "\(scenario): \(result.stdout) \(result.stderr)")
             }
             try await Self.waitUntil("every scenario's span at the receiver") {
@@ -161,7 +178,9 @@ struct OTLPExportTests {
             #expect(span["traceId"] as? String == trace, "the caller's trace")
             #expect(span["parentSpanId"] as? String == parent, "the caller's span is the parent")
             let spanID = span["spanId"] as? String ?? ""
-            #expect(spanID.count == 16 && spanID.allSatisfy { Self.hex.contains($0) } && spanID != String(repeating: "0", count: 16))
+            #expect(
+                spanID.count == 16 && spanID.allSatisfy { Self.hex.contains($0) }
+                    && spanID != String(repeating: "0", count: 16))
             #expect(spanID != parent)
             #expect(span["name"] as? String == "taptest.Echo/\(method)")
             #expect(span["kind"] as? Int == 2, "SPAN_KIND_SERVER")
@@ -195,9 +214,10 @@ struct OTLPExportTests {
 
         // The span log and OTLP carry the same spans.
         let logLines = try String(contentsOfFile: dir.file("spans.jsonl"), encoding: .utf8).split(separator: "\n")
-        let logIDs = Set(logLines.compactMap { line in
-            (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["spanId"] as? String
-        })
+        let logIDs = Set(
+            logLines.compactMap { line in
+                (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["spanId"] as? String
+            })
         #expect(logIDs == Set(received.compactMap { $0["spanId"] as? String }))
         let finished = logs.all.last { $0.message == "OTLP export finished" }
         #expect(finished?.metadata["spans_sent"] == "\(received.count)")
@@ -210,9 +230,13 @@ struct OTLPExportTests {
         for (key, value) in attributes {
             let got = exported[key]
             switch value {
-            case .string(let s): #expect(got?["type"] as? String == "string" && got?["value"] as? String == s, "\(what) \(key)")
-            case .int(let i): #expect(got?["type"] as? String == "int" && (got?["value"] as? NSNumber)?.int64Value == i, "\(what) \(key)")
-            case .bool(let b): #expect(got?["type"] as? String == "bool" && got?["value"] as? Bool == b, "\(what) \(key)")
+            case .string(let s):
+                #expect(got?["type"] as? String == "string" && got?["value"] as? String == s, "\(what) \(key)")
+            case .int(let i):
+                #expect(
+                    got?["type"] as? String == "int" && (got?["value"] as? NSNumber)?.int64Value == i, "\(what) \(key)")
+            case .bool(let b):
+                #expect(got?["type"] as? String == "bool" && got?["value"] as? Bool == b, "\(what) \(key)")
             case .double(let d):
                 #expect(got?["type"] as? String == "double", "\(what) \(key)")
                 if d.isFinite { #expect(got?["value"] as? Double == d, "\(what) \(key)") }
@@ -223,7 +247,9 @@ struct OTLPExportTests {
         }
     }
 
-    @Test("spans of every kind with parents, events and typed attributes export intact: caller → RPC → git process → region", arguments: ["protobuf", "json"])
+    @Test(
+        "spans of every kind with parents, events and typed attributes export intact: caller → RPC → git process → region",
+        arguments: ["protobuf", "json"])
     func anySpanExportsIntact(encodingName: String) async throws {
         let encoding = try #require(OTLPEncoding(rawValue: encodingName))
         let dir = try TempDir()
@@ -233,7 +259,8 @@ struct OTLPExportTests {
         let trace = TraceID(high: 0x0af7_6519_16cd_43dd, low: 0x8448_eb21_1c80_319c)
         let caller = SpanID(0xb7ad_6b71_6920_3331)
         let rpc = Span(
-            traceID: trace, spanID: SpanID(0x1111), parentSpanID: caller, name: "gitaly.SmartHTTPService/PostUploadPackWithSidechannel",
+            traceID: trace, spanID: SpanID(0x1111), parentSpanID: caller,
+            name: "gitaly.SmartHTTPService/PostUploadPackWithSidechannel",
             kind: .server, startTimeUnixNano: 1_700_000_000_000_000_000, endTimeUnixNano: 1_700_000_001_000_000_000,
             status: .ok, attributes: ["rpc.system": .string("grpc"), "rpc.grpc.status_code": .int(0)])
         let git = Span(
@@ -241,18 +268,26 @@ struct OTLPExportTests {
             startTimeUnixNano: 1_700_000_000_100_000_000, endTimeUnixNano: 1_700_000_000_900_000_000,
             status: Span.Status(code: .error, message: "exit code 128"),
             attributes: [
-                "git.command": .string("upload-pack"), "git.argv": .stringArray(["git", "upload-pack", "--stateless-rpc", "."]),
+                "git.command": .string("upload-pack"),
+                "git.argv": .stringArray(["git", "upload-pack", "--stateless-rpc", "."]),
                 "git.exit_code": .int(128), "trace2.sid": .string("20261125T104500.123456Z-H0a1b2c3d-P00001234"),
             ],
             events: [
-                Span.Event(name: "trace2.data", timeUnixNano: 1_700_000_000_200_000_000, attributes: ["key": .string("negotiated"), "value": .int(-1)]),
+                Span.Event(
+                    name: "trace2.data", timeUnixNano: 1_700_000_000_200_000_000,
+                    attributes: ["key": .string("negotiated"), "value": .int(-1)]),
                 Span.Event(name: "exit", timeUnixNano: 1_700_000_000_900_000_000),
             ])
         let region = Span(
-            traceID: trace, spanID: SpanID(0x3333), parentSpanID: git.spanID, name: "pack-objects: write", kind: .internal,
-            startTimeUnixNano: 1_700_000_000_300_000_000, endTimeUnixNano: 1_700_000_000_800_000_000, status: Span.Status(code: .unset),
-            attributes: ["trace2.category": .string("pack-objects"), "trace2.label": .string("write"), "trace2.ratio": .double(0.5),
-                         "trace2.nested": .bool(true), "trace2.empty": .string("")],
+            traceID: trace, spanID: SpanID(0x3333), parentSpanID: git.spanID, name: "pack-objects: write",
+            kind: .internal,
+            startTimeUnixNano: 1_700_000_000_300_000_000, endTimeUnixNano: 1_700_000_000_800_000_000,
+            status: Span.Status(code: .unset),
+            attributes: [
+                "trace2.category": .string("pack-objects"), "trace2.label": .string("write"),
+                "trace2.ratio": .double(0.5),
+                "trace2.nested": .bool(true), "trace2.empty": .string(""),
+            ],
             sampled: false)
         let client = Span(
             traceID: TraceID(high: 0, low: 7), spanID: SpanID(0x4444), name: "connection", kind: .client,
@@ -261,7 +296,9 @@ struct OTLPExportTests {
 
         var configuration = try Self.configuration(receiver.url, encoding)
         configuration.batchSize = 3  // two requests: a full batch and a partial one
-        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: CapturingLogHandler.logger().0)
+        let exporter = OTLPExporter(
+            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton,
+            logger: CapturingLogHandler.logger().0)
         async let running: Void = exporter.run()
         for span in all { exporter.write(span) }
         try await Self.waitUntil("four spans at the receiver") { try receiver.stats()["spans"] as? Int == 4 }
@@ -272,7 +309,8 @@ struct OTLPExportTests {
         #expect(exporter.currentCounts.sent == 4)
         let received = try receiver.spans()
         for original in all {
-            let got = try #require(received.first { $0["spanId"] as? String == original.spanID.description }, "\(original.name)")
+            let got = try #require(
+                received.first { $0["spanId"] as? String == original.spanID.description }, "\(original.name)")
             #expect(got["traceId"] as? String == original.traceID.description)
             #expect(got["parentSpanId"] as? String == (original.parentSpanID?.description ?? ""))
             #expect(got["name"] as? String == original.name)
@@ -300,13 +338,17 @@ struct OTLPExportTests {
             chain.append(span["name"] as! String)
             cursor = byID[span["parentSpanId"] as! String]
         }
-        #expect(chain == ["pack-objects: write", "git upload-pack", "gitaly.SmartHTTPService/PostUploadPackWithSidechannel"])
+        #expect(
+            chain == [
+                "pack-objects: write", "git upload-pack", "gitaly.SmartHTTPService/PostUploadPackWithSidechannel",
+            ])
         #expect(byID[rpc.spanID.description]?["parentSpanId"] as? String == caller.description)
     }
 
     /// Runs `count` unary calls in one client process; returns the per-call latencies in ms.
     static func timedCalls(_ tap: String, _ count: Int, _ id: String) async throws -> [Double] {
-        let result = try await EchoPeerTests.client(tap, "unary", ["--count", "\(count)", "--timing", "--correlation-id", id])
+        let result = try await EchoPeerTests.client(
+            tap, "unary", ["--count", "\(count)", "--timing", "--correlation-id", id])
         #expect(result.status == 0, "calls \(id) failed: \(result.stderr.suffix(500))")
         return result.stdout.split(separator: "\n").compactMap { line in
             (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["elapsed_ms"] as? Double
@@ -322,7 +364,9 @@ struct OTLPExportTests {
         return String(format: "n=%d mean=%.3f ms p50=%.3f ms p99=%.3f ms", values.count, mean, p50, p99)
     }
 
-    @Test("a failing, slow or dead backend never fails or blocks calls: 503s are retried, drops counted, export resumes after a restart")
+    @Test(
+        "a failing, slow or dead backend never fails or blocks calls: 503s are retried, drops counted, export resumes after a restart"
+    )
     func backendTroubleDoesNotTouchTraffic() async throws {
         let dir = try TempDir()
         defer { dir.cleanup() }
@@ -336,11 +380,14 @@ struct OTLPExportTests {
         // Larger than any phase's call count, so that only the slow phase (which makes more calls) can fill it.
         configuration.queueCapacity = 256
         configuration.requestTimeout = .milliseconds(500)
-        configuration.retry = OTLPRetryPolicy(maxAttempts: 3, initialBackoff: .milliseconds(50), maxBackoff: .milliseconds(200))
+        configuration.retry = OTLPRetryPolicy(
+            maxAttempts: 3, initialBackoff: .milliseconds(50), maxBackoff: .milliseconds(200))
         configuration.logInterval = .milliseconds(200)
         var latencies: [String: [Double]] = [:]
 
-        let exporter = try await Self.withTap(upstream: echoAddress, dir: dir, configuration: configuration, logger: logger) {
+        let exporter = try await Self.withTap(
+            upstream: echoAddress, dir: dir, configuration: configuration, logger: logger
+        ) {
             tap, exporter, sink in
             /// Waits for `condition`; a timeout reports the exporter's and the receiver's counts.
             func waitUntil(_ what: String, _ condition: () throws -> Bool) async throws {
@@ -427,8 +474,12 @@ struct OTLPExportTests {
         let text = metrics.render()
         #expect(MetricsTests.value(text, "gitaly_tap_spans_exported_total ") == Double(c.sent))
         #expect(MetricsTests.value(text, "gitaly_tap_spans_export_retried_total ") == Double(c.retried))
-        #expect(MetricsTests.value(text, "gitaly_tap_spans_export_dropped_total{reason=\"queue_full\"}") == Double(c.droppedQueueFull))
-        #expect(MetricsTests.value(text, "gitaly_tap_spans_export_dropped_total{reason=\"unavailable\"}") == Double(c.droppedUnavailable))
+        #expect(
+            MetricsTests.value(text, "gitaly_tap_spans_export_dropped_total{reason=\"queue_full\"}")
+                == Double(c.droppedQueueFull))
+        #expect(
+            MetricsTests.value(text, "gitaly_tap_spans_export_dropped_total{reason=\"unavailable\"}")
+                == Double(c.droppedUnavailable))
 
         // Reported, not asserted: call latency through the tap while the backend is live, failing, slow, dead.
         for phase in ["live", "503", "slow", "dead"] {
@@ -448,7 +499,8 @@ struct OTLPExportTests {
         let tap = try PeerProcess(
             try Peers.tapExecutable(),
             [
-                "proxy", "--listen", "unix:" + dir.file("tap.sock"), "--upstream", echoAddress, "--spans", dir.file("spans.jsonl"),
+                "proxy", "--listen", "unix:" + dir.file("tap.sock"), "--upstream", echoAddress, "--spans",
+                dir.file("spans.jsonl"),
                 "--otlp", receiver.url, "--otlp-encoding", "json", "--service-name", "gdk-tap", "--log-format", "json",
             ], dir: dir, name: "tap")
         defer { tap.stop() }

@@ -9,14 +9,25 @@ import Testing
 struct OTLPExporterUnitTests {
     @Test("--otlp URLs: base URL gets /v1/traces, a full traces URL is kept, IPv6 and default port, clear errors")
     func endpointParsing() throws {
-        #expect(try OTLPEndpoint(parsing: "http://127.0.0.1:4318") == OTLPEndpoint(host: "127.0.0.1", port: 4318, path: "/v1/traces"))
-        #expect(try OTLPEndpoint(parsing: "http://localhost:4318/") == OTLPEndpoint(host: "localhost", port: 4318, path: "/v1/traces"))
-        #expect(try OTLPEndpoint(parsing: "http://collector/otlp/v1/traces") == OTLPEndpoint(host: "collector", port: 80, path: "/otlp/v1/traces"))
-        #expect(try OTLPEndpoint(parsing: "http://c:4318/base") == OTLPEndpoint(host: "c", port: 4318, path: "/base/v1/traces"))
-        #expect(try OTLPEndpoint(parsing: "http://[::1]:4318") == OTLPEndpoint(host: "::1", port: 4318, path: "/v1/traces"))
+        #expect(
+            try OTLPEndpoint(parsing: "http://127.0.0.1:4318")
+                == OTLPEndpoint(host: "127.0.0.1", port: 4318, path: "/v1/traces"))
+        #expect(
+            try OTLPEndpoint(parsing: "http://localhost:4318/")
+                == OTLPEndpoint(host: "localhost", port: 4318, path: "/v1/traces"))
+        #expect(
+            try OTLPEndpoint(parsing: "http://collector/otlp/v1/traces")
+                == OTLPEndpoint(host: "collector", port: 80, path: "/otlp/v1/traces"))
+        #expect(
+            try OTLPEndpoint(parsing: "http://c:4318/base")
+                == OTLPEndpoint(host: "c", port: 4318, path: "/base/v1/traces"))
+        #expect(
+            try OTLPEndpoint(parsing: "http://[::1]:4318") == OTLPEndpoint(host: "::1", port: 4318, path: "/v1/traces"))
         #expect(try OTLPEndpoint(parsing: "http://[::1]:4318").description == "http://[::1]:4318/v1/traces")
-        for bad in ["127.0.0.1:4318", "https://jaeger:4318", "http://:4318", "http://h:0", "http://h:99999", "http://h:x",
-                    "http://u:p@h:1", "http://h:1/?q=1", "http://[::1", "grpc://h:4317", ""] {
+        for bad in [
+            "127.0.0.1:4318", "https://jaeger:4318", "http://:4318", "http://h:0", "http://h:99999", "http://h:x",
+            "http://u:p@h:1", "http://h:1/?q=1", "http://[::1", "grpc://h:4317", "",
+        ] {
             #expect(throws: OTLPEndpoint.ParseError.self, "\(bad)") { try OTLPEndpoint(parsing: bad) }
         }
         do {
@@ -30,7 +41,9 @@ struct OTLPExporterUnitTests {
     func retryPolicy() {
         for status in [429, 502, 503, 504] { #expect(OTLPRetryPolicy.isRetryable(status: status)) }
         for status in [200, 400, 401, 403, 404, 413, 500, 501] { #expect(!OTLPRetryPolicy.isRetryable(status: status)) }
-        let policy = OTLPRetryPolicy(maxAttempts: 5, initialBackoff: .milliseconds(100), maxBackoff: .milliseconds(500), maxRetryAfter: .seconds(3))
+        let policy = OTLPRetryPolicy(
+            maxAttempts: 5, initialBackoff: .milliseconds(100), maxBackoff: .milliseconds(500),
+            maxRetryAfter: .seconds(3))
         #expect(policy.delay(afterAttempt: 1, retryAfter: nil, jitter: 1) == .milliseconds(100))
         #expect(policy.delay(afterAttempt: 2, retryAfter: nil, jitter: 1) == .milliseconds(200))
         #expect(policy.delay(afterAttempt: 3, retryAfter: nil, jitter: 1) == .milliseconds(400))
@@ -48,7 +61,9 @@ struct OTLPExporterUnitTests {
     }
 
     static func span(_ n: UInt64) -> Span {
-        Span(traceID: TraceID(high: 1, low: n), spanID: SpanID(n), name: "s\(n)", kind: .server, startTimeUnixNano: n, endTimeUnixNano: n + 1)
+        Span(
+            traceID: TraceID(high: 1, low: n), spanID: SpanID(n), name: "s\(n)", kind: .server, startTimeUnixNano: n,
+            endTimeUnixNano: n + 1)
     }
 
     @Test("finish() sends what is queued in a final flush, without waiting for the batch interval")
@@ -60,7 +75,8 @@ struct OTLPExporterUnitTests {
         var configuration = try OTLPExportTests.configuration(receiver.url, .json)
         configuration.batchInterval = .seconds(3600)
         let (logger, logs) = CapturingLogHandler.logger()
-        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        let exporter = OTLPExporter(
+            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         async let running: Void = exporter.run()
         for n: UInt64 in 1...7 { exporter.write(Self.span(n)) }
         exporter.finish()
@@ -84,10 +100,13 @@ struct OTLPExporterUnitTests {
         configuration.requestTimeout = .seconds(60)
         configuration.shutdownTimeout = .milliseconds(300)
         let (logger, logs) = CapturingLogHandler.logger()
-        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        let exporter = OTLPExporter(
+            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         async let running: Void = exporter.run()
         for n: UInt64 in 1...5 { exporter.write(Self.span(n)) }
-        try await OTLPExportTests.waitUntil("the request to be in flight") { try receiver.stats()["requests"] as? Int == 1 }
+        try await OTLPExportTests.waitUntil("the request to be in flight") {
+            try receiver.stats()["requests"] as? Int == 1
+        }
         for n: UInt64 in 6...9 { exporter.write(Self.span(n)) }
         exporter.finish()
         await running
@@ -106,7 +125,8 @@ struct OTLPExporterUnitTests {
         _ = try receiver.control("/control/fail?status=400&count=1")
         let configuration = try OTLPExportTests.configuration(receiver.url, .protobuf)
         let (logger, logs) = CapturingLogHandler.logger()
-        let exporter = OTLPExporter(configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        let exporter = OTLPExporter(
+            configuration: configuration, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         async let running: Void = exporter.run()
         for n: UInt64 in 1...3 { exporter.write(Self.span(n)) }
         try await OTLPExportTests.waitUntil("the batch to be rejected") { exporter.currentCounts.droppedRejected == 3 }
