@@ -140,4 +140,47 @@ struct OTLPExporterUnitTests {
         let warning = logs.all.first { $0.message.hasPrefix("OTLP export failing") }
         #expect(warning?.metadata["reason"]?.hasPrefix("HTTP 400") == true)
     }
+
+    /// POSTs `body` to the receiver's /v1/traces; returns the status line.
+    static func post(_ port: Int, _ body: [UInt8], contentType: String) throws -> String {
+        let socket = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
+        let head = "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: \(contentType)\r\n"
+            + "Content-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+        try socket.write(Array(head.utf8) + body)
+        var bytes: [UInt8] = []
+        _ = try socket.readToEnd(timeout: 10) { bytes += $0 }
+        return String(decoding: bytes, as: UTF8.self).components(separatedBy: "\r\n")[0]
+    }
+
+    @Test("the receiver is strict: it takes the encoders' output and rejects what OTLP/JSON forbids")
+    func receiverRejectsNonOTLPJSON() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let receiver = try await OTLPReceiver.start(in: dir)
+        defer { receiver.process.stop() }
+        let spans = [Self.span(1), Self.span(2)]
+        let resource = OTLPResource()
+        #expect(try Self.post(receiver.port, OTLPJSONEncoder.encode(spans, resource: resource), contentType: "application/json").contains(" 200 "))
+        #expect(
+            try Self.post(receiver.port, OTLPProtobufEncoder.encode(spans, resource: resource), contentType: "application/x-protobuf")
+                .contains(" 200 "))
+        let good = String(decoding: OTLPJSONEncoder.encode([Self.span(3)], resource: resource), as: UTF8.self)
+        let bad = [
+            // ids in base64, as plain proto3 JSON would write them
+            good.replacingOccurrences(of: "\"spanId\":\"0000000000000003\"", with: "\"spanId\":\"AAAAAAAAAAM=\""),
+            // proto field names instead of lowerCamelCase
+            good.replacingOccurrences(of: "\"startTimeUnixNano\"", with: "\"start_time_unix_nano\""),
+            // an enum by name where OTLP/JSON wants the integer
+            good.replacingOccurrences(of: "\"kind\":2", with: "\"kind\":\"SPAN_KIND_SERVER\""),
+            // a misspelt field
+            good.replacingOccurrences(of: "\"traceId\"", with: "\"traceID\""),
+        ]
+        for body in bad {
+            #expect(try Self.post(receiver.port, Array(body.utf8), contentType: "application/json").contains(" 400 "), "\(body)")
+        }
+        #expect(try Self.post(receiver.port, [0x0a, 0xff], contentType: "application/x-protobuf").contains(" 400 "))
+        let stats = try receiver.stats()
+        #expect(stats["decode_errors"] as? Int == bad.count + 1)
+        #expect(stats["spans"] as? Int == 4)
+    }
 }
