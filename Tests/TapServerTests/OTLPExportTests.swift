@@ -373,6 +373,9 @@ struct OTLPExportTests {
         let (server, echoAddress, _) = try await EchoPeerTests.startEchoServer(in: dir)
         defer { server.stop() }
         var receiver = try await OTLPReceiver.start(in: dir, name: "otlp1")
+        // Whichever receiver is current when the test ends (also on failure) is stopped.
+        let current = Mutex(receiver.process)
+        defer { current.withLock { $0 }.stop() }
         let port = receiver.port
         let (logger, logs) = CapturingLogHandler.logger()
         var configuration = try Self.configuration(receiver.url, .protobuf)
@@ -441,6 +444,7 @@ struct OTLPExportTests {
             // 6. The backend comes back on the same port: export resumes. Fewer calls than the queue holds, so none of
             //    these can be dropped for a full queue however loaded the machine is.
             receiver = try await OTLPReceiver.start(in: dir, port: port, name: "otlp2")
+            current.withLock { $0 = receiver.process }
             latencies["live", default: []] += try await Self.timedCalls(tap, 40, "after-restart")
             try await waitUntil("export resumed after the restart") {
                 try receiver.spans(correlationID: "after-restart").count == 40
@@ -450,7 +454,6 @@ struct OTLPExportTests {
             #expect(sink.collected.count == calls, "every call still produced its span in the tap")
             return exporter
         }
-        defer { receiver.process.stop() }
 
         let c = exporter.currentCounts
         #expect(c.received == c.sent + c.dropped, "every span is either sent or counted as dropped: \(c)")
