@@ -12,7 +12,7 @@ struct GitalyTap: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gitaly-tap",
         abstract: "A transparent sidecar in front of Gitaly that records one span per gRPC call.",
-        subcommands: [Proxy.self]
+        subcommands: [Proxy.self, Demo.self]
     )
 }
 
@@ -109,6 +109,31 @@ struct Proxy: AsyncParsableCommand {
         do {
             try await ProxyRuntime.run(options, logger: logger)
         } catch let error as ProxyStartError {
+            throw fail(error.description)
+        }
+    }
+}
+
+/// `gitaly-tap demo`: the newcomer's first command (see DemoRunner).
+struct Demo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Clone a small repository through the tap with real git (SSH-like and HTTP-like paths over the "
+            + "backchannel) and print the traces it recorded."
+    )
+
+    @Option(help: "The Go peer binary (default: $GITALY_TAP_GO_PEER, else .peers/bin/gitaly-peer).")
+    var peer: String?
+
+    @Flag(help: "Keep the scratch directory (repositories, sockets, peer logs).")
+    var keep = false
+
+    func run() async throws {
+        var options = DemoOptions()
+        options.peerPath = peer
+        options.keepDirectory = keep
+        do {
+            try await DemoRunner.run(options) { print($0) }
+        } catch let error as DemoError {
             throw fail(error.description)
         }
     }
