@@ -263,3 +263,50 @@ struct BackchannelGitTests {
         }
     }
 }
+
+/// The Gitaly-like upstream's Trace2 modes (GITALY-WIRE.md §5): Gitaly's own temp files, the environment's target
+/// passed through (for a socket or wrapper), or none.
+@Suite(.serialized)
+struct GitalyPeerTrace2Tests {
+    @Test("Trace2 of the upstream's git processes", arguments: ["tempfile", "inherit", "off"])
+    func trace2Mode(mode: String) async throws {
+        try GoPeers.require()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        _ = try await makeTestRepository(storage: dir.file("storage"), scratch: dir.path)
+        let targetDir = dir.file("trace2-target")
+        try FileManager.default.createDirectory(atPath: targetDir, withIntermediateDirectories: true)
+        // A directory target: git writes one file per process there (used only when the mode passes it on).
+        let upstream = try await GoPeers.startUpstream(
+            in: dir, storage: dir.file("storage"), trace2: mode, environment: ["GIT_TRACE2_EVENT": targetDir])
+        defer { upstream.process.stop() }
+        let id = "01JTAPTRACE2\(mode.uppercased())"
+        let ssh = GoPeers.sshCommand(target: upstream.unix, arguments: ["--correlation-id", id])
+        try await gitOK(["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("clone")],
+                        environment: ["GIT_SSH_COMMAND": ssh, "GIT_SSH_VARIANT": "ssh"])
+        upstream.process.stop()
+        let log = upstream.process.stderr.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        let trace2Files = log.filter { $0["trace2_file"] != nil }
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.file("tmp")).filter { $0.hasPrefix("gitaly-trace2") }
+        let targetFiles = try FileManager.default.contentsOfDirectory(atPath: targetDir)
+        #expect(leftovers.isEmpty, "Trace2 temp files must be removed after the command: \(leftovers)")
+        switch mode {
+        case "tempfile":
+            #expect(trace2Files.count == 1)
+            let file = try #require(trace2Files.first)
+            let events = file["events"] as? Int ?? 0
+            #expect(events > 10, "upload-pack and pack-objects events")
+            #expect(file["events_under_correlation_id"] as? Int == events, "every sid starts with <correlation id>/")
+            #expect(file["correlation_id"] as? String == id)
+            #expect(targetFiles.isEmpty, "Gitaly drops the environment's GIT_TRACE2_EVENT")
+        case "inherit":
+            #expect(trace2Files.isEmpty)
+            #expect(!targetFiles.isEmpty, "git wrote to the inherited target")
+        default:
+            #expect(trace2Files.isEmpty)
+            #expect(targetFiles.isEmpty)
+        }
+    }
+}

@@ -25,14 +25,16 @@ enum GoPeers {
     }
 
     /// Starts the Gitaly-like upstream on `dir/gitaly.sock` and a TCP port, storage `default` = `storage`.
-    static func startUpstream(in dir: TempDir, storage: String, trace2: String = "tempfile") async throws -> Upstream {
+    static func startUpstream(
+        in dir: TempDir, storage: String, trace2: String = "tempfile", environment: [String: String] = [:]
+    ) async throws -> Upstream {
         try require()
         try FileManager.default.createDirectory(atPath: dir.file("tmp"), withIntermediateDirectories: true)
         let process = try PeerProcess(
             binary,
             ["upstream", "--listen", "unix:" + dir.file("gitaly.sock"), "--listen", "tcp://127.0.0.1:0",
              "--storage", "default=" + storage, "--trace2", trace2],
-            dir: dir, name: "upstream", environment: ["TMPDIR": dir.file("tmp")])
+            dir: dir, name: "upstream", environment: environment.merging(["TMPDIR": dir.file("tmp")]) { _, new in new })
         let ready = try await process.waitReady()
         let listen = try readyJSON(ready)["listen"] as? [String] ?? []
         let unix = try #require(listen.first { $0.hasPrefix("unix:") })
