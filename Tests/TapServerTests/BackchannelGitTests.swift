@@ -18,8 +18,10 @@ struct BackchannelGitTests {
         let name: String
 
         static func start(_ dir: TempDir, _ name: String, upstream: String) async throws -> Recording {
-            let inner = try ByteExactnessTests.recorder(dir, name: "\(name)-b", listen: dir.file("b.sock"), connect: upstream)
-            let outer = try ByteExactnessTests.recorder(dir, name: "\(name)-a", listen: dir.file("a.sock"), connect: dir.file("tap.sock"))
+            let inner = try ByteExactnessTests.recorder(
+                dir, name: "\(name)-b", listen: dir.file("b.sock"), connect: upstream)
+            let outer = try ByteExactnessTests.recorder(
+                dir, name: "\(name)-a", listen: dir.file("a.sock"), connect: dir.file("tap.sock"))
             try await inner.waitForFile(dir.file("b.sock"))
             try await outer.waitForFile(dir.file("a.sock"))
             return Recording(outer: outer, inner: inner, dir: dir, name: name)
@@ -37,10 +39,12 @@ struct BackchannelGitTests {
             let upstreamSent = try read("b.s2c"), clientGot = try read("a.s2c")
             #expect(clientSent.starts(with: Array("backchannel".utf8)), sourceLocation: sourceLocation)
             #expect(clientSent.count > 0 && upstreamSent.count > 0, sourceLocation: sourceLocation)
-            #expect(clientSent == upstreamGot, "client→gitaly: \(clientSent.count) sent, \(upstreamGot.count) arrived",
-                    sourceLocation: sourceLocation)
-            #expect(upstreamSent == clientGot, "gitaly→client: \(upstreamSent.count) sent, \(clientGot.count) arrived",
-                    sourceLocation: sourceLocation)
+            #expect(
+                clientSent == upstreamGot, "client→gitaly: \(clientSent.count) sent, \(upstreamGot.count) arrived",
+                sourceLocation: sourceLocation)
+            #expect(
+                upstreamSent == clientGot, "gitaly→client: \(upstreamSent.count) sent, \(clientGot.count) arrived",
+                sourceLocation: sourceLocation)
         }
     }
 
@@ -55,11 +59,14 @@ struct BackchannelGitTests {
     ) {
         #expect(span.status.code == .ok, "\(span.name): \(span.status)", sourceLocation: sourceLocation)
         #expect(span.attributes["gitlab.client_name"] == .string(client), sourceLocation: sourceLocation)
-        #expect(span.traceID.description == traceID, "\(span.name) trace \(span.traceID)", sourceLocation: sourceLocation)
+        #expect(
+            span.traceID.description == traceID, "\(span.name) trace \(span.traceID)", sourceLocation: sourceLocation)
         #expect(span.parentSpanID != nil, sourceLocation: sourceLocation)
         #expect(span.attributes["gitaly.backchannel"] == .bool(true), sourceLocation: sourceLocation)
         #expect(span.attributes["gitaly.repository.storage"] == .string("default"), sourceLocation: sourceLocation)
-        #expect(span.attributes["gitaly.repository.relative_path"] == .string("group/proj.git"), sourceLocation: sourceLocation)
+        #expect(
+            span.attributes["gitaly.repository.relative_path"] == .string("group/proj.git"),
+            sourceLocation: sourceLocation)
         #expect(span.attributes["gitlab.user_id"] == .string("42"), sourceLocation: sourceLocation)
         #expect(span.attributes["gitlab.username"] == .string("tap-tester"), sourceLocation: sourceLocation)
         #expect(span.attributes["rpc.grpc.status_code"] == .int(0), sourceLocation: sourceLocation)
@@ -69,11 +76,14 @@ struct BackchannelGitTests {
     static func commit(in clone: String, file: String) async throws -> String {
         try "pushed through the tap: \(file)\n".write(toFile: clone + "/" + file, atomically: true, encoding: .utf8)
         try await gitOK(["add", file], in: clone)
-        try await gitOK(["-c", "user.name=Tap Tester", "-c", "user.email=tap@example.com", "commit", "-q", "-m", file], in: clone)
+        try await gitOK(
+            ["-c", "user.name=Tap Tester", "-c", "user.email=tap@example.com", "commit", "-q", "-m", file], in: clone)
         return try await gitOK(["rev-parse", "HEAD"], in: clone).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    @Test("git clone and push over the SSH-like path: identical repository, unchanged bytes, one span per RPC with the sidechannel figures")
+    @Test(
+        "git clone and push over the SSH-like path: identical repository, unchanged bytes, one span per RPC with the sidechannel figures"
+    )
     func sshCloneAndPush() async throws {
         try GoPeers.require()
         let dir = try TempDir()
@@ -83,7 +93,8 @@ struct BackchannelGitTests {
         defer { upstream.process.stop() }
         try await gitOK(["clone", "-q", "--no-local", bare, dir.file("direct")])
 
-        try await TapHarness.with(listen: .unix(path: dir.file("tap.sock")), upstream: .unix(path: dir.file("b.sock"))) { tap in
+        try await TapHarness.with(listen: .unix(path: dir.file("tap.sock")), upstream: .unix(path: dir.file("b.sock")))
+        { tap in
             // Clone.
             let cloneID = "01JTAPSSHCLONE0000000000001"
             let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -92,7 +103,8 @@ struct BackchannelGitTests {
                 target: "unix:" + dir.file("a.sock"),
                 arguments: ["--correlation-id", cloneID, "--trace-id", traceID, "--stats", dir.file("shell.stats")])
             let env = ["GIT_SSH_COMMAND": ssh, "GIT_SSH_VARIANT": "ssh"]
-            try await gitOK(["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("ssh-clone")], environment: env)
+            try await gitOK(
+                ["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("ssh-clone")], environment: env)
             try await recording.expectUnchanged()
 
             let direct = try await repositoryFingerprint(dir.file("direct"))
@@ -112,13 +124,15 @@ struct BackchannelGitTests {
             #expect(upload.attributes["gitaly.sidechannel_id"] == .int(Int64(stats["sidechannel_id"] as? Int ?? -1)))
             let toClient = upload.attributes["gitaly.sidechannel.bytes_to_client"]?.intValue ?? -1
             let toServer = upload.attributes["gitaly.sidechannel.bytes_to_server"]?.intValue ?? -1
-            #expect(toClient == Int64(stats["sidechannel_read"] as? Int ?? -2), "bytes Gitaly sent = bytes the client read")
+            #expect(
+                toClient == Int64(stats["sidechannel_read"] as? Int ?? -2), "bytes Gitaly sent = bytes the client read")
             #expect(toServer == Int64(stats["sidechannel_written"] as? Int ?? -2), "bytes the client sent")
             let pack = try packBytes(dir.file("ssh-clone"))
             let stdout = upload.attributes["gitaly.sidechannel.stdout_bytes"]?.intValue ?? -1
             // upload-pack's stdout holds the pack plus the protocol around it (refs, pkt-line and sideband headers).
             #expect(pack > 1_000_000)
-            #expect(stdout >= Int64(pack) && stdout <= Int64(pack + pack / 50 + 16_384), "stdout \(stdout), pack \(pack)")
+            #expect(
+                stdout >= Int64(pack) && stdout <= Int64(pack + pack / 50 + 16_384), "stdout \(stdout), pack \(pack)")
             #expect(stdout < toClient)
             #expect(upload.attributes["gitaly.sidechannel.end"] == .string("closed"))
 
@@ -128,8 +142,9 @@ struct BackchannelGitTests {
             let pushRecording = try await Recording.start(dir, "push", upstream: dir.file("gitaly.sock"))
             let pushSSH = GoPeers.sshCommand(
                 target: "unix:" + dir.file("a.sock"), arguments: ["--correlation-id", pushID, "--trace-id", traceID])
-            try await gitOK(["push", "-q", "origin", "HEAD:refs/heads/from-ssh"], in: dir.file("ssh-clone"),
-                            environment: ["GIT_SSH_COMMAND": pushSSH, "GIT_SSH_VARIANT": "ssh"])
+            try await gitOK(
+                ["push", "-q", "origin", "HEAD:refs/heads/from-ssh"], in: dir.file("ssh-clone"),
+                environment: ["GIT_SSH_COMMAND": pushSSH, "GIT_SSH_VARIANT": "ssh"])
             try await pushRecording.expectUnchanged()
             let pushed = try await gitOK(["rev-parse", "refs/heads/from-ssh"], in: bare)
             #expect(pushed.trimmingCharacters(in: .whitespacesAndNewlines) == head)
@@ -147,7 +162,9 @@ struct BackchannelGitTests {
         }
     }
 
-    @Test("git clone and push over the HTTP-like path: identical repository, unchanged bytes, pack bytes in the sidechannels")
+    @Test(
+        "git clone and push over the HTTP-like path: identical repository, unchanged bytes, pack bytes in the sidechannels"
+    )
     func httpCloneAndPush() async throws {
         try GoPeers.require()
         let dir = try TempDir()
@@ -157,21 +174,28 @@ struct BackchannelGitTests {
         defer { upstream.process.stop() }
         try await gitOK(["clone", "-q", "--no-local", bare, dir.file("direct")])
 
-        try await TapHarness.with(listen: .unix(path: dir.file("tap.sock")), upstream: .unix(path: dir.file("b.sock"))) { tap in
+        try await TapHarness.with(listen: .unix(path: dir.file("tap.sock")), upstream: .unix(path: dir.file("b.sock")))
+        { tap in
             let recording = try await Recording.start(dir, "http", upstream: dir.file("gitaly.sock"))
             // One Workhorse, one backchannel connection for the clone and the push (recorded whole).
             let (workhorse, url) = try await GoPeers.startWorkhorse(
                 in: dir, name: "workhorse", target: "unix:" + dir.file("a.sock"),
-                arguments: ["--stats", dir.file("workhorse.stats"), "--session-id", "6f1c2a4e-9b3d-4c7e-8a5f-0d2b4c6e8f10"])
+                arguments: [
+                    "--stats", dir.file("workhorse.stats"), "--session-id", "6f1c2a4e-9b3d-4c7e-8a5f-0d2b4c6e8f10",
+                ])
             let cloneID = "01JTAPHTTPCLONE000000000001"
             let pushID = "01JTAPHTTPPUSH0000000000001"
             let traceID = "0af7651916cd43dd8448eb211c80319c"
             let headers = { (id: String) in
-                ["-c", "http.extraHeader=X-Request-Id: \(id)", "-c", "http.extraHeader=traceparent: \(Self.traceparent(traceID))"]
+                [
+                    "-c", "http.extraHeader=X-Request-Id: \(id)", "-c",
+                    "http.extraHeader=traceparent: \(Self.traceparent(traceID))",
+                ]
             }
             try await gitOK(headers(cloneID) + ["clone", "-q", url + "/group/proj.git", dir.file("http-clone")])
             let head = try await Self.commit(in: dir.file("http-clone"), file: "http.txt")
-            try await gitOK(headers(pushID) + ["push", "-q", "origin", "HEAD:refs/heads/from-http"], in: dir.file("http-clone"))
+            try await gitOK(
+                headers(pushID) + ["push", "-q", "origin", "HEAD:refs/heads/from-http"], in: dir.file("http-clone"))
             workhorse.stop()
             try await recording.expectUnchanged()
 
@@ -182,7 +206,8 @@ struct BackchannelGitTests {
             let directMain = try await gitOK(["rev-parse", "refs/remotes/origin/main"], in: dir.file("direct"))
             #expect(clonedMain == directMain)
             // The clone now also holds the pushed commit: compare the objects reachable from the direct clone's refs.
-            let reachable = try await gitOK(["rev-list", "--objects", "refs/remotes/origin/main", "v1.0"], in: dir.file("http-clone"))
+            let reachable = try await gitOK(
+                ["rev-list", "--objects", "refs/remotes/origin/main", "v1.0"], in: dir.file("http-clone"))
             #expect(reachable.split(separator: "\n").sorted().joined(separator: "\n") == direct.objects)
             let pushed = try await gitOK(["rev-parse", "refs/heads/from-http"], in: bare)
             #expect(pushed.trimmingCharacters(in: .whitespacesAndNewlines) == head)
@@ -207,9 +232,14 @@ struct BackchannelGitTests {
             var packTotal: Int64 = 0
             for span in uploads {
                 let id = span.attributes["gitaly.sidechannel_id"]?.intValue ?? -1
-                let stat = try #require(stats.first { Int64($0["sidechannel_id"] as? Int ?? -2) == id }, "no stats for \(id)")
-                #expect(span.attributes["gitaly.sidechannel.bytes_to_client"]?.intValue == Int64(stat["sidechannel_read"] as? Int ?? -1))
-                #expect(span.attributes["gitaly.sidechannel.bytes_to_server"]?.intValue == Int64(stat["sidechannel_written"] as? Int ?? -1))
+                let stat = try #require(
+                    stats.first { Int64($0["sidechannel_id"] as? Int ?? -2) == id }, "no stats for \(id)")
+                #expect(
+                    span.attributes["gitaly.sidechannel.bytes_to_client"]?.intValue
+                        == Int64(stat["sidechannel_read"] as? Int ?? -1))
+                #expect(
+                    span.attributes["gitaly.sidechannel.bytes_to_server"]?.intValue
+                        == Int64(stat["sidechannel_written"] as? Int ?? -1))
                 #expect(span.attributes["gitaly.sidechannel.end"] == .string("closed"))
                 packTotal += span.attributes["gitaly.sidechannel.pack_bytes"]?.intValue ?? 0
             }
@@ -219,9 +249,10 @@ struct BackchannelGitTests {
             #expect(packTotal == Int64(pack), "pack bytes in the sidechannels \(packTotal), pack file \(pack)")
 
             let pushSpans = Self.rpcSpans(tap, pushID)
-            #expect(pushSpans.map(\.name).sorted() == [
-                "gitaly.SmartHTTPService/InfoRefsReceivePack", "gitaly.SmartHTTPService/PostReceivePack",
-            ])
+            #expect(
+                pushSpans.map(\.name).sorted() == [
+                    "gitaly.SmartHTTPService/InfoRefsReceivePack", "gitaly.SmartHTTPService/PostReceivePack",
+                ])
             for span in pushSpans { Self.expectCommon(span, client: "gitlab-workhorse", traceID: traceID) }
         }
     }
@@ -234,18 +265,25 @@ struct BackchannelGitTests {
         _ = try await makeTestRepository(storage: dir.file("storage"), scratch: dir.path)
         let upstream = try await GoPeers.startUpstream(in: dir, storage: dir.file("storage"))
         defer { upstream.process.stop() }
-        try await TapHarness.with(listen: .unix(path: dir.file("tap.sock")), upstream: try TapAddress(parsing: upstream.unix)) { tap in
+        try await TapHarness.with(
+            listen: .unix(path: dir.file("tap.sock")), upstream: try TapAddress(parsing: upstream.unix)
+        ) { tap in
             let (plain, url) = try await GoPeers.startWorkhorse(
-                in: dir, name: "plain", target: "unix:" + dir.file("tap.sock"), arguments: ["--plain", "--client-name", "gitlab-web"])
+                in: dir, name: "plain", target: "unix:" + dir.file("tap.sock"),
+                arguments: ["--plain", "--client-name", "gitlab-web"])
             defer { plain.stop() }
             let plainID = "01JTAPPLAIN0000000000000001"
             let sshID = "01JTAPSSHTOGETHER0000000001"
-            let ssh = GoPeers.sshCommand(target: "unix:" + dir.file("tap.sock"), arguments: ["--correlation-id", sshID])
+            let ssh = GoPeers.sshCommand(
+                target: "unix:" + dir.file("tap.sock"), arguments: ["--correlation-id", sshID])
             // Protocol v0: the ref listing comes whole from InfoRefsUploadPack (no sidechannel on a plain connection).
-            async let listed = gitOK(["-c", "protocol.version=0", "-c", "http.extraHeader=X-Request-Id: \(plainID)",
-                                      "ls-remote", url + "/group/proj.git"])
-            async let cloned = gitOK(["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("together")],
-                                     environment: ["GIT_SSH_COMMAND": ssh, "GIT_SSH_VARIANT": "ssh"])
+            async let listed = gitOK([
+                "-c", "protocol.version=0", "-c", "http.extraHeader=X-Request-Id: \(plainID)",
+                "ls-remote", url + "/group/proj.git",
+            ])
+            async let cloned = gitOK(
+                ["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("together")],
+                environment: ["GIT_SSH_COMMAND": ssh, "GIT_SSH_VARIANT": "ssh"])
             let refs = try await listed
             _ = try await cloned
             #expect(refs.contains("refs/heads/main"))
@@ -282,14 +320,17 @@ struct GitalyPeerTrace2Tests {
         defer { upstream.process.stop() }
         let id = "01JTAPTRACE2\(mode.uppercased())"
         let ssh = GoPeers.sshCommand(target: upstream.unix, arguments: ["--correlation-id", id])
-        try await gitOK(["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("clone")],
-                        environment: ["GIT_SSH_COMMAND": ssh, "GIT_SSH_VARIANT": "ssh"])
+        try await gitOK(
+            ["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("clone")],
+            environment: ["GIT_SSH_COMMAND": ssh, "GIT_SSH_VARIANT": "ssh"])
         upstream.process.stop()
         let log = upstream.process.stderr.split(separator: "\n").compactMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
         }
         let trace2Files = log.filter { $0["trace2_file"] != nil }
-        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.file("tmp")).filter { $0.hasPrefix("gitaly-trace2") }
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.file("tmp")).filter {
+            $0.hasPrefix("gitaly-trace2")
+        }
         let targetFiles = try FileManager.default.contentsOfDirectory(atPath: targetDir)
         #expect(leftovers.isEmpty, "Trace2 temp files must be removed after the command: \(leftovers)")
         switch mode {

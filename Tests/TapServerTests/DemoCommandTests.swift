@@ -16,12 +16,14 @@ struct DemoCommandTests {
         #expect(out.components(separatedBy: "      done: 3 commits, pack ").count == 3, "\(out)")
         let lines = out.split(separator: "\n").map(String.init)
         // The SSH trace: its header, then the one RPC with its sidechannel line under it.
-        let ssh = try #require(lines.firstIndex { $0.hasPrefix("trace ") && $0.hasSuffix("correlation_id demo-ssh-clone") }, "\(out)")
+        let ssh = try #require(
+            lines.firstIndex { $0.hasPrefix("trace ") && $0.hasSuffix("correlation_id demo-ssh-clone") }, "\(out)")
         #expect(lines[ssh + 1].hasPrefix("└─ gitaly.SSHService/SSHUploadPackWithSidechannel  "), "\(out)")
         #expect(lines[ssh + 1].contains("  OK  client gitlab-shell-git-upload-pack, repo group/demo.git"))
         #expect(lines[ssh + 2].contains("sidechannel #1: ") && lines[ssh + 2].contains("(stdout "), "\(out)")
         // The HTTP trace: InfoRefs, then one PostUploadPackWithSidechannel per git request, each with its sidechannel.
-        let http = try #require(lines.firstIndex { $0.hasPrefix("trace ") && $0.hasSuffix("correlation_id demo-http-clone") }, "\(out)")
+        let http = try #require(
+            lines.firstIndex { $0.hasPrefix("trace ") && $0.hasSuffix("correlation_id demo-http-clone") }, "\(out)")
         #expect(lines[http + 1].hasPrefix("├─ gitaly.SmartHTTPService/InfoRefsUploadPack  "), "\(out)")
         let posts = lines[(http + 1)...].prefix { !$0.isEmpty }.filter { $0.contains("PostUploadPackWithSidechannel") }
         let sidechannels = lines[(http + 1)...].prefix { !$0.isEmpty }.filter { $0.contains("sidechannel #") }
@@ -49,6 +51,9 @@ struct DemoCommandTests {
             executable: "/src/repo/.build/x86_64-unknown-linux-gnu/debug/gitaly-tap")
         #expect(candidates.prefix(2) == ["/opt/p/gitaly-peer", "/src/repo/.peers/bin/gitaly-peer"])
         #expect(candidates.contains("/src/repo/.build/x86_64-unknown-linux-gnu/debug/.peers/bin/gitaly-peer"))
-        #expect(DemoRunner.peerCandidates(explicit: "/x", environment: [:], workingDirectory: "/", executable: "/y") == ["/x"])
+        #expect(
+            DemoRunner.peerCandidates(explicit: "/x", environment: [:], workingDirectory: "/", executable: "/y") == [
+                "/x"
+            ])
     }
 }

@@ -29,8 +29,10 @@ public enum DemoRunner {
     /// Candidate paths of the Go peer: `explicit`, `$GITALY_TAP_GO_PEER`, `.peers/bin/gitaly-peer` under the
     /// working directory, then under the directories above the running executable (a SwiftPM build sits in
     /// `<repo>/.build/<triple>/debug/`).
-    public static func peerCandidates(explicit: String?, environment: [String: String], workingDirectory: String,
-                                      executable: String) -> [String] {
+    public static func peerCandidates(
+        explicit: String?, environment: [String: String], workingDirectory: String,
+        executable: String
+    ) -> [String] {
         if let explicit { return [explicit] }
         var candidates: [String] = []
         if let env = environment["GITALY_TAP_GO_PEER"], !env.isEmpty { candidates.append(env) }
@@ -46,7 +48,8 @@ public enum DemoRunner {
 
     /// The first executable candidate, or an error telling how to install the peers.
     public static func locatePeer(explicit: String?) throws -> String {
-        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        let executable =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
             ?? CommandLine.arguments.first ?? ""
         let candidates = peerCandidates(
             explicit: explicit, environment: ProcessInfo.processInfo.environment,
@@ -72,7 +75,8 @@ public enum DemoRunner {
         ]
         try FileManager.default.createDirectory(atPath: scratch + "/tmp", withIntermediateDirectories: true)
         print("gitaly-tap demo")
-        print("  scratch     \(scratch)" + (options.keepDirectory ? " (kept)" : " (removed at the end; --keep keeps it)"))
+        print(
+            "  scratch     \(scratch)" + (options.keepDirectory ? " (kept)" : " (removed at the end; --keep keeps it)"))
 
         let repository = try await makeRepository(git: git, scratch: scratch, environment: environment)
         print("  repository  group/demo.git: \(repository.commits) commits, tag v1.0")
@@ -83,7 +87,9 @@ public enum DemoRunner {
             environment: environment, logDirectory: scratch, name: "gitaly")
         defer { upstream.stop() }
         _ = try await upstream.waitReady()
-        print("  gitaly      unix:\(gitalySocket)  (Go Gitaly-like server: plain HTTP/2 and backchannel, real git, Trace2 files)")
+        print(
+            "  gitaly      unix:\(gitalySocket)  (Go Gitaly-like server: plain HTTP/2 and backchannel, real git, Trace2 files)"
+        )
 
         var logger = Logger(label: "gitaly-tap-demo")
         logger.logLevel = .warning
@@ -134,8 +140,9 @@ public enum DemoRunner {
                 var down: Int64 = 0
                 if case .int(let value)? = span.attributes["tap.connection.bytes_to_server"] { up = value }
                 if case .int(let value)? = span.attributes["tap.connection.bytes_to_client"] { down = value }
-                print("  \(kind): \(TraceTreeFormatter.bytes(up)) to Gitaly, \(TraceTreeFormatter.bytes(down)) to the client, "
-                      + TraceTreeFormatter.duration(span.endTimeUnixNano &- span.startTimeUnixNano))
+                print(
+                    "  \(kind): \(TraceTreeFormatter.bytes(up)) to Gitaly, \(TraceTreeFormatter.bytes(down)) to the client, "
+                        + TraceTreeFormatter.duration(span.endTimeUnixNano &- span.startTimeUnixNano))
             }
         }
         return spans
@@ -153,8 +160,11 @@ public enum DemoRunner {
         var env = environment
         env["GIT_SSH_COMMAND"] = shell
         env["GIT_SSH_VARIANT"] = "ssh"
-        try await runChecked(git, ["clone", "-q", "ssh://git@gitaly/group/demo.git", scratch + "/clone-ssh"], environment: env)
-        print("      done: " + (try await cloneSummary(git: git, clone: scratch + "/clone-ssh", environment: environment)))
+        try await runChecked(
+            git, ["clone", "-q", "ssh://git@gitaly/group/demo.git", scratch + "/clone-ssh"], environment: env)
+        print(
+            "      done: " + (try await cloneSummary(git: git, clone: scratch + "/clone-ssh", environment: environment))
+        )
 
         let workhorse = try BackgroundProcess(
             peer, ["workhorse", "--target", target], environment: environment, logDirectory: scratch, name: "workhorse")
@@ -165,24 +175,30 @@ public enum DemoRunner {
             let url = object["url"] as? String
         else { throw DemoError("the Workhorse-like peer printed an unexpected READY line: \(ready)") }
         print("[2/2] git clone \(url)/group/demo.git   (Workhorse-like client)")
-        try await runChecked(git, [
-            "-c", "http.extraHeader=X-Request-Id: demo-http-clone",
-            "-c", "http.extraHeader=traceparent: 00-\(httpTrace)-00f067aa0ba902b7-01",
-            "clone", "-q", url + "/group/demo.git", scratch + "/clone-http",
-        ], environment: environment)
-        print("      done: " + (try await cloneSummary(git: git, clone: scratch + "/clone-http", environment: environment)))
+        try await runChecked(
+            git,
+            [
+                "-c", "http.extraHeader=X-Request-Id: demo-http-clone",
+                "-c", "http.extraHeader=traceparent: 00-\(httpTrace)-00f067aa0ba902b7-01",
+                "clone", "-q", url + "/group/demo.git", scratch + "/clone-http",
+            ], environment: environment)
+        print(
+            "      done: "
+                + (try await cloneSummary(git: git, clone: scratch + "/clone-http", environment: environment)))
         workhorse.stop()
     }
 
     private static func cloneSummary(git: String, clone: String, environment: [String: String]) async throws -> String {
         let count = try await runChecked(git, ["-C", clone, "rev-list", "--count", "--all"], environment: environment)
         let packDir = clone + "/.git/objects/pack"
-        let pack = (try? FileManager.default.contentsOfDirectory(atPath: packDir))?.filter { $0.hasSuffix(".pack") }
+        let pack =
+            (try? FileManager.default.contentsOfDirectory(atPath: packDir))?.filter { $0.hasSuffix(".pack") }
             .reduce(Int64(0)) { total, name in
                 let attributes = try? FileManager.default.attributesOfItem(atPath: packDir + "/" + name)
                 return total + ((attributes?[.size] as? NSNumber)?.int64Value ?? 0)
             } ?? 0
-        return "\(count.trimmingCharacters(in: .whitespacesAndNewlines)) commits, pack \(TraceTreeFormatter.bytes(pack))"
+        return
+            "\(count.trimmingCharacters(in: .whitespacesAndNewlines)) commits, pack \(TraceTreeFormatter.bytes(pack))"
     }
 
     private static func makeRepository(git: String, scratch: String, environment: [String: String]) async throws
@@ -195,7 +211,10 @@ public enum DemoRunner {
         let files = [
             ("README.md", "# demo\n\nA small repository cloned through gitaly-tap.\n"),
             ("src/main.c", "#include <stdio.h>\n\nint main(void) { puts(\"hello, gitaly-tap\"); return 0; }\n"),
-            ("NOTES.txt", (1...2000).map { "note \($0): the tap forwards every byte untouched" }.joined(separator: "\n")),
+            (
+                "NOTES.txt",
+                (1...2000).map { "note \($0): the tap forwards every byte untouched" }.joined(separator: "\n")
+            ),
         ]
         for (index, (name, text)) in files.enumerated() {
             let path = source + "/" + name
@@ -203,8 +222,9 @@ public enum DemoRunner {
                 atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             try text.write(toFile: path, atomically: true, encoding: .utf8)
             try await runChecked(git, ["-C", source, "add", name], environment: environment)
-            try await runChecked(git, ["-C", source] + identity + ["commit", "-q", "-m", "commit \(index + 1): \(name)"],
-                                 environment: environment)
+            try await runChecked(
+                git, ["-C", source] + identity + ["commit", "-q", "-m", "commit \(index + 1): \(name)"],
+                environment: environment)
         }
         try await runChecked(git, ["-C", source, "tag", "v1.0"], environment: environment)
         try await runChecked(git, ["init", "-q", "--bare", "-b", "main", bare], environment: environment)
@@ -253,7 +273,8 @@ public enum DemoRunner {
         }
         guard result.0 == 0 else {
             let command = ([URL(fileURLWithPath: executable).lastPathComponent] + arguments).joined(separator: " ")
-            throw DemoError("\(command) failed (exit \(result.0)): \(result.2.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw DemoError(
+                "\(command) failed (exit \(result.0)): \(result.2.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
         return result.1
     }

@@ -48,7 +48,8 @@ public struct TraceTreeFormatter: Sendable {
         var lines = [header]
         var visited = Set<SpanID>()
         for (index, root) in roots.enumerated() {
-            render(root, prefix: "", last: index == roots.count - 1, children: children, visited: &visited, into: &lines)
+            render(
+                root, prefix: "", last: index == roots.count - 1, children: children, visited: &visited, into: &lines)
         }
         return lines
     }
@@ -65,7 +66,9 @@ public struct TraceTreeFormatter: Sendable {
             lines.append(inner + (kids.isEmpty ? "   " : "│  ") + detail)
         }
         for (index, child) in kids.enumerated() {
-            render(child, prefix: inner, last: index == kids.count - 1, children: children, visited: &visited, into: &lines)
+            render(
+                child, prefix: inner, last: index == kids.count - 1, children: children, visited: &visited, into: &lines
+            )
         }
     }
 

@@ -32,8 +32,10 @@ enum GoPeers {
         try FileManager.default.createDirectory(atPath: dir.file("tmp"), withIntermediateDirectories: true)
         let process = try PeerProcess(
             binary,
-            ["upstream", "--listen", "unix:" + dir.file("gitaly.sock"), "--listen", "tcp://127.0.0.1:0",
-             "--storage", "default=" + storage, "--trace2", trace2],
+            [
+                "upstream", "--listen", "unix:" + dir.file("gitaly.sock"), "--listen", "tcp://127.0.0.1:0",
+                "--storage", "default=" + storage, "--trace2", trace2,
+            ],
             dir: dir, name: "upstream", environment: environment.merging(["TMPDIR": dir.file("tmp")]) { _, new in new })
         let ready = try await process.waitReady()
         let listen = try readyJSON(ready)["listen"] as? [String] ?? []
@@ -122,7 +124,8 @@ func makeTestRepository(storage: String, scratch: String) async throws -> String
 
 /// What makes two repositories equal: their refs and every reachable object.
 func repositoryFingerprint(_ path: String, refs prefix: String = "") async throws -> (refs: String, objects: String) {
-    let refs = try await gitOK(["for-each-ref", "--format=%(objectname) %(refname)"] + (prefix.isEmpty ? [] : [prefix]), in: path)
+    let refs = try await gitOK(
+        ["for-each-ref", "--format=%(objectname) %(refname)"] + (prefix.isEmpty ? [] : [prefix]), in: path)
     let objects = try await gitOK(["rev-list", "--all", "--objects"], in: path)
     return (refs, objects.split(separator: "\n").sorted().joined(separator: "\n"))
 }
