@@ -159,6 +159,16 @@ struct BackchannelGitTests {
             #expect((receive.attributes["rpc.grpc.request.messages"]?.intValue ?? 0) >= 2)
             #expect((receive.attributes["rpc.grpc.response.messages"]?.intValue ?? 0) >= 1)
             #expect(receive.attributes["gitaly.sidechannel.bytes_to_client"] == nil)
+
+            // Both backchannel connections (clone, push) were decoded to the end: Gitaly's gRPC session back to the
+            // client (yamux stream 2) and the sidechannel did not stop the decoder.
+            let connections = try await tap.waitForSpans("two connection spans") {
+                $0.filter { $0.name == "gitaly-tap/connection" }.count >= 2
+            }.filter { $0.name == "gitaly-tap/connection" }
+            for connection in connections {
+                #expect(connection.attributes["tap.connection.kind"] == .string("backchannel"))
+                #expect(connection.attributes["tap.decoding.stopped"] == nil, "\(connection.attributes)")
+            }
         }
     }
 
@@ -348,6 +358,109 @@ struct GitalyPeerTrace2Tests {
         default:
             #expect(trace2Files.isEmpty)
             #expect(targetFiles.isEmpty)
+        }
+    }
+}
+
+/// More real traffic shapes: TCP on both sides, Jaeger trace headers, and concurrent clones whose sidechannels
+/// interleave on one yamux session.
+@Suite(.serialized)
+struct BackchannelConcurrencyTests {
+    @Test(
+        "four concurrent HTTP clones over one Workhorse backchannel connection: each span gets its own sidechannel's bytes"
+    )
+    func concurrentClonesShareOneSession() async throws {
+        try GoPeers.require()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        _ = try await makeTestRepository(storage: dir.file("storage"), scratch: dir.path)
+        let upstream = try await GoPeers.startUpstream(in: dir, storage: dir.file("storage"))
+        defer { upstream.process.stop() }
+        try await TapHarness.with(
+            listen: .unix(path: dir.file("tap.sock")), upstream: try TapAddress(parsing: upstream.unix)
+        ) { tap in
+            let (workhorse, url) = try await GoPeers.startWorkhorse(
+                in: dir, name: "workhorse", target: "unix:" + dir.file("tap.sock"),
+                arguments: ["--stats", dir.file("stats")])
+            defer { workhorse.stop() }
+            let ids = (1...4).map { "01JTAPCONCURRENT00000000000\($0)" }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for id in ids {
+                    group.addTask {
+                        try await gitOK([
+                            "-c", "http.extraHeader=X-Request-Id: \(id)", "clone", "-q", url + "/group/proj.git",
+                            dir.file("clone-\(id)"),
+                        ])
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let stats = GoPeers.jsonLines(dir.file("stats"))
+            try await tap.waitForSpans("every clone's spans") { _ in
+                ids.allSatisfy { id in
+                    let uploads = BackchannelGitTests.rpcSpans(tap, id).filter { $0.name.hasSuffix("WithSidechannel") }
+                    return uploads.count == stats.filter { $0["correlation_id"] as? String == id }.count
+                        && !uploads.isEmpty
+                }
+            }
+            let connections = Set(
+                ids.flatMap { BackchannelGitTests.rpcSpans(tap, $0) }.compactMap {
+                    $0.attributes["tap.connection.id"]?.intValue
+                })
+            #expect(connections.count == 1, "all clones ride the Workhorse's one connection")
+            for id in ids {
+                let uploads = BackchannelGitTests.rpcSpans(tap, id).filter { $0.name.hasSuffix("WithSidechannel") }
+                var pack: Int64 = 0
+                for span in uploads {
+                    let sidechannel = span.attributes["gitaly.sidechannel_id"]?.intValue ?? -1
+                    let stat = try #require(stats.first { Int64($0["sidechannel_id"] as? Int ?? -2) == sidechannel })
+                    #expect(stat["correlation_id"] as? String == id)
+                    #expect(
+                        span.attributes["gitaly.sidechannel.bytes_to_client"]?.intValue
+                            == Int64(stat["sidechannel_read"] as? Int ?? -1))
+                    #expect(
+                        span.attributes["gitaly.sidechannel.bytes_to_server"]?.intValue
+                            == Int64(stat["sidechannel_written"] as? Int ?? -1))
+                    pack += span.attributes["gitaly.sidechannel.pack_bytes"]?.intValue ?? 0
+                }
+                #expect(pack == Int64(try packBytes(dir.file("clone-\(id)"))), "\(id): pack bytes")
+            }
+        }
+    }
+
+    @Test("SSH clone through a TCP tap to Gitaly's TCP listener, with a Jaeger uber-trace-id")
+    func tcpAndJaeger() async throws {
+        try GoPeers.require()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let bare = try await makeTestRepository(storage: dir.file("storage"), scratch: dir.path)
+        let upstream = try await GoPeers.startUpstream(in: dir, storage: dir.file("storage"))
+        defer { upstream.process.stop() }
+        try await TapHarness.with(
+            listen: .tcp(host: "127.0.0.1", port: 0), upstream: try TapAddress(parsing: upstream.tcp)
+        ) { tap in
+            let id = "01JTAPTCPJAEGER000000000001"
+            let traceID = "00000000000000007a1b2c3d4e5f6071"
+            let ssh = GoPeers.sshCommand(
+                target: tap.address,
+                arguments: [
+                    "--correlation-id", id, "--trace-format", "uber-trace-id", "--trace-id", "7a1b2c3d4e5f6071",
+                ])
+            try await gitOK(
+                ["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("clone")],
+                environment: ["GIT_SSH_COMMAND": ssh, "GIT_SSH_VARIANT": "ssh"])
+            try await gitOK(["clone", "-q", "--no-local", bare, dir.file("direct")])
+            let cloned = try await repositoryFingerprint(dir.file("clone"))
+            let direct = try await repositoryFingerprint(dir.file("direct"))
+            #expect(cloned.refs == direct.refs && cloned.objects == direct.objects)
+            try await tap.waitForSpans("the clone's span") { _ in !BackchannelGitTests.rpcSpans(tap, id).isEmpty }
+            let span = try #require(BackchannelGitTests.rpcSpans(tap, id).first)
+            #expect(span.traceID.description == traceID)
+            #expect(span.attributes["tap.trace.propagation"] == .string("uber-trace-id"))
+            #expect(span.attributes["network.transport"] == .string("tcp"))
+            #expect(
+                (span.attributes["gitaly.sidechannel.stdout_bytes"]?.intValue ?? 0)
+                    >= Int64(try packBytes(dir.file("clone"))))
         }
     }
 }
