@@ -428,6 +428,51 @@ struct BackchannelConcurrencyTests {
         }
     }
 
+    @Test(
+        "a Shell client that drops mid-clone: its span ends in error with the bytes seen, and the tap serves the next clone"
+    )
+    func clientDropsMidClone() async throws {
+        try GoPeers.require()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        _ = try await makeTestRepository(storage: dir.file("storage"), scratch: dir.path)
+        let upstream = try await GoPeers.startUpstream(in: dir, storage: dir.file("storage"))
+        defer { upstream.process.stop() }
+        try await TapHarness.with(
+            listen: .unix(path: dir.file("tap.sock")), upstream: try TapAddress(parsing: upstream.unix)
+        ) { tap in
+            let dropped = "01JTAPDROPPED00000000000001"
+            let drop = GoPeers.sshCommand(
+                target: "unix:" + dir.file("tap.sock"),
+                arguments: ["--correlation-id", dropped, "--abort-after", "200000"])
+            let failed = try await git(
+                ["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("dropped")],
+                environment: ["GIT_SSH_COMMAND": drop, "GIT_SSH_VARIANT": "ssh"])
+            #expect(failed.status != 0)
+            #expect(failed.stderr.contains("aborting after"), "\(failed.stderr)")
+
+            let next = "01JTAPAFTERDROP000000000001"
+            let ssh = GoPeers.sshCommand(target: "unix:" + dir.file("tap.sock"), arguments: ["--correlation-id", next])
+            try await gitOK(
+                ["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("next")],
+                environment: ["GIT_SSH_COMMAND": ssh, "GIT_SSH_VARIANT": "ssh"])
+
+            try await tap.waitForSpans("both clones' spans") { _ in
+                !BackchannelGitTests.rpcSpans(tap, dropped).isEmpty && !BackchannelGitTests.rpcSpans(tap, next).isEmpty
+            }
+            let lost = try #require(BackchannelGitTests.rpcSpans(tap, dropped).first)
+            #expect(lost.status.code == .error)
+            #expect(lost.attributes["rpc.grpc.end"] == .string("connection_lost"))
+            #expect(lost.attributes["gitaly.sidechannel.end"] == .string("connection_lost"))
+            let seen = lost.attributes["gitaly.sidechannel.bytes_to_client"]?.intValue ?? 0
+            let pack = Int64(try packBytes(dir.file("next")))
+            #expect(seen >= 200_000 && seen < pack, "seen \(seen) of a \(pack)-byte pack")
+            let ok = try #require(BackchannelGitTests.rpcSpans(tap, next).first)
+            #expect(ok.status.code == .ok)
+            #expect((ok.attributes["gitaly.sidechannel.stdout_bytes"]?.intValue ?? 0) >= pack)
+        }
+    }
+
     @Test("SSH clone through a TCP tap to Gitaly's TCP listener, with a Jaeger uber-trace-id")
     func tcpAndJaeger() async throws {
         try GoPeers.require()
