@@ -160,6 +160,12 @@ struct BackchannelGitTests {
             #expect((receive.attributes["rpc.grpc.response.messages"]?.intValue ?? 0) >= 1)
             #expect(receive.attributes["gitaly.sidechannel.bytes_to_client"] == nil)
 
+            // The clients' `authorization` tokens (Bearer v2.<hmac>.<ts>) appear in no span.
+            let leaked = tap.sink.collected.filter { span in
+                span.attributes.values.contains { "\($0)".contains("Bearer") || "\($0)".contains("v2.") }
+            }
+            #expect(leaked.isEmpty, "\(leaked.map(\.name))")
+
             // Both backchannel connections (clone, push) were decoded to the end: Gitaly's gRPC session back to the
             // client (yamux stream 2) and the sidechannel did not stop the decoder.
             let connections = try await tap.waitForSpans("two connection spans") {
