@@ -14,6 +14,7 @@ struct ShutdownTests {
             [
                 "proxy", "--listen", "unix:" + dir.file("tap.sock"), "--upstream", unixAddress, "--spans",
                 dir.file("spans.jsonl"), "--drain-timeout", String(drainTimeout), "--log-format", "json",
+                "--metrics", "unix:" + dir.file("metrics.sock"),
             ], dir: dir, name: "tap")
         try await tap.waitForFile(dir.file("tap.sock"))
         return (echo, tap)
@@ -25,9 +26,23 @@ struct ShutdownTests {
             try await EchoPeerTests.client(
                 "unix:" + dir.file("tap.sock"), "slow_stream", ["--correlation-id", correlationID, "--timing"])
         }
-        // Let the call start: the stream lasts 3 s, so it is still open when the signal comes.
-        try await Task.sleep(for: .milliseconds(800))
-        return client
+        // Wait until the client's HTTP/2 connection is open through the tap (the tap's metrics say so): the call
+        // follows on it at once, and the connection stays open until the 3 s stream has ended.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            let socket = try? RawSocket(connectingTo: "unix:" + dir.file("metrics.sock"))
+            if let socket {
+                try socket.write(Array("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+                var bytes: [UInt8] = []
+                _ = try? socket.readToEnd(timeout: 5) { bytes += $0 }
+                let text = String(decoding: bytes, as: UTF8.self)
+                if text.split(separator: "\n").contains(where: { $0.hasPrefix("gitaly_tap_connections_open{kind=\"http2\"} 1") }) {
+                    return client
+                }
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw PeerError("the client's connection never opened through the tap")
     }
 
     static func waitExit(_ process: PeerProcess, timeout: Duration) async throws -> Duration {
