@@ -14,7 +14,7 @@ struct GitalyTap: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gitaly-tap",
         abstract: "A transparent sidecar in front of Gitaly that records one span per gRPC call.",
-        subcommands: [Proxy.self]
+        subcommands: [Proxy.self, Demo.self]
     )
 
     /// Expands `proxy --config FILE` into arguments before parsing (flags given on the command line win).
@@ -197,6 +197,21 @@ struct Proxy: AsyncParsableCommand {
         if case .tls = listenAddress {} else if tlsCert != nil || tlsKey != nil {
             logger.warning("--tls-cert/--tls-key are ignored: --listen is not a tls:// address")
         }
+        if let otlp {
+            do {
+                options.otlp = try Self.otlpConfiguration(url: otlp, encoding: otlpEncoding, serviceName: serviceName)
+            } catch {
+                throw fail("\(error)")
+            }
+        }
+        for socket in trace2Socket {
+            do {
+                options.trace2.sockets.append(try Trace2SocketTarget(parsing: socket))
+            } catch {
+                throw fail(error.description)
+            }
+        }
+        options.trace2.directories = trace2Dir
         if check {
             do {
                 try options.proxy.tls.check(listen: listenAddress, upstream: upstreamAddress)
@@ -213,21 +228,6 @@ struct Proxy: AsyncParsableCommand {
                 throw fail("--metrics: \(error)")
             }
         }
-        if let otlp {
-            do {
-                options.otlp = try Self.otlpConfiguration(url: otlp, encoding: otlpEncoding, serviceName: serviceName)
-            } catch {
-                throw fail("\(error)")
-            }
-        }
-        for socket in trace2Socket {
-            do {
-                options.trace2.sockets.append(try Trace2SocketTarget(parsing: socket))
-            } catch {
-                throw fail(error.description)
-            }
-        }
-        options.trace2.directories = trace2Dir
         do {
             try await ProxyRuntime.run(options, logger: logger)
         } catch let error as ProxyStartError {
@@ -243,5 +243,30 @@ struct Proxy: AsyncParsableCommand {
         guard !serviceName.isEmpty else { throw UsageFailure(description: "--service-name must not be empty") }
         let resource = OTLPResource(serviceName: serviceName, hostName: OTLPExporter.localHostName())
         return OTLPExporter.Configuration(endpoint: endpoint, encoding: parsedEncoding, resource: resource)
+    }
+}
+
+/// `gitaly-tap demo`: the newcomer's first command (see DemoRunner).
+struct Demo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Clone a small repository through the tap with real git (SSH-like and HTTP-like paths over the "
+            + "backchannel) and print the traces it recorded."
+    )
+
+    @Option(help: "The Go peer binary (default: $GITALY_TAP_GO_PEER, else .peers/bin/gitaly-peer).")
+    var peer: String?
+
+    @Flag(help: "Keep the scratch directory (repositories, sockets, peer logs).")
+    var keep = false
+
+    func run() async throws {
+        var options = DemoOptions()
+        options.peerPath = peer
+        options.keepDirectory = keep
+        do {
+            try await DemoRunner.run(options) { print($0) }
+        } catch let error as DemoError {
+            throw fail(error.description)
+        }
     }
 }

@@ -34,12 +34,16 @@ var (
 	http2Magic       = []byte("PRI * HTTP/")
 )
 
-// muxConfig is yamux's default configuration with Gitaly's larger stream window.
-func muxConfig() *yamux.Config {
+// muxConfig is Gitaly's yamux configuration: yamux defaults without keepalives (gRPC sends its own); Gitaly's
+// server side also takes an accept backlog of 1 and a 16 MiB stream window, its clients keep yamux's 256 KiB.
+func muxConfig(server bool) *yamux.Config {
 	cfg := yamux.DefaultConfig()
-	cfg.MaxStreamWindowSize = 16 * 1024 * 1024
 	cfg.LogOutput = ioutil.Discard
 	cfg.EnableKeepAlive = false
+	if server {
+		cfg.AcceptBacklog = 1
+		cfg.MaxStreamWindowSize = 16 * 1024 * 1024
+	}
 	return cfg
 }
 
@@ -163,7 +167,7 @@ func (s *backchannelServer) handshake(conn net.Conn) {
 }
 
 func (s *backchannelServer) startSession(conn net.Conn) {
-	mux, err := yamux.Server(conn, muxConfig())
+	mux, err := yamux.Server(conn, muxConfig(true))
 	if err != nil {
 		log.Printf("backchannel: yamux server: %v", err)
 		conn.Close()
@@ -176,21 +180,10 @@ func (s *backchannelServer) startSession(conn net.Conn) {
 		mux.Close()
 		return
 	}
-	// Our gRPC session back to the client rides on the first stream we open.
-	back, err := mux.Open()
-	if err != nil {
-		log.Printf("backchannel: opening the backchannel stream: %v", err)
-		mux.Close()
-		return
-	}
-	var used int32
-	reverse, err := grpc.Dial("backchannel", grpc.WithInsecure(),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
-			if atomic.CompareAndSwapInt32(&used, 0, 1) {
-				return back, nil
-			}
-			return nil, errors.New("backchannel stream already used")
-		}))
+	// Our gRPC session back to the client rides on a stream we open; as in Gitaly, grpc's dialer opens it in
+	// the background, so it usually gets id 2 but a sidechannel opened at the same moment may come first.
+	reverse, err := grpc.Dial("multiplexed/"+conn.RemoteAddr().String(), grpc.WithInsecure(),
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return mux.Open() }))
 	if err != nil {
 		log.Printf("backchannel: dialing back: %v", err)
 		mux.Close()
@@ -273,7 +266,7 @@ func dialBackchannel(address string) (*backchannelClient, error) {
 		conn.Close()
 		return nil, fmt.Errorf("write backchannel magic: %w", err)
 	}
-	mux, err := yamux.Client(conn, muxConfig())
+	mux, err := yamux.Client(conn, muxConfig(false))
 	if err != nil {
 		conn.Close()
 		return nil, err

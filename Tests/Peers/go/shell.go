@@ -26,6 +26,8 @@ func runShell(args []string) {
 	fs.Var(&sshOptions, "o", "ssh option (ignored; git passes -o SendEnv=GIT_PROTOCOL)")
 	fs.String("p", "", "ssh port (ignored)")
 	keyID := fs.String("key-id", "1", "key_id metadata")
+	abortAfter := fs.Int64("abort-after", 0,
+		"exit abruptly (status 3, connection dropped) once this many sidechannel bytes were read (tests)")
 	fs.Parse(args)
 	rest := fs.Args()
 	if len(rest) < 2 || opts.target == "" {
@@ -52,7 +54,7 @@ func runShell(args []string) {
 	extra := []string{"key_id", *keyID, "key_type", "key"}
 	switch verb {
 	case "git-upload-pack":
-		os.Exit(shellUploadPack(c, &opts, correlationID, repo, protocol, extra))
+		os.Exit(shellUploadPack(c, &opts, correlationID, repo, protocol, extra, *abortAfter))
 	case "git-receive-pack":
 		os.Exit(shellReceivePack(c, &opts, correlationID, repo, protocol, extra))
 	}
@@ -76,7 +78,7 @@ func parseSSHCommand(command string) (verb, path string, err error) {
 }
 
 func shellUploadPack(c *backchannelClient, opts *clientOptions, correlationID string, repo repository, protocol string,
-	extra []string) int {
+	extra []string, abortAfter int64) int {
 	id, ch := c.registerSidechannel()
 	md := opts.outgoing(correlationID, "", "", append(extra, "gitaly-sidechannel-id", strconv.FormatInt(id, 10))...)
 	ctx := metadata.NewOutgoingContext(context.Background(), md)
@@ -91,7 +93,11 @@ func shellUploadPack(c *backchannelClient, opts *clientOptions, correlationID st
 				conn.closeWrite()
 			}
 		}()
-		return demuxSideband(conn, os.Stdout, os.Stderr)
+		var r io.Reader = conn
+		if abortAfter > 0 {
+			r = &abortingReader{r: conn, limit: abortAfter}
+		}
+		return demuxSideband(r, os.Stdout, os.Stderr)
 	})
 	appendStats(opts.stats, map[string]interface{}{"method": "/gitaly.SSHService/SSHUploadPackWithSidechannel",
 		"correlation_id": correlationID, "sidechannel_id": id, "sidechannel_read": counts.Read,
@@ -166,4 +172,21 @@ func shellReceivePack(c *backchannelClient, opts *clientOptions, correlationID s
 			code = int(int32(status.varints[1]))
 		}
 	}
+}
+
+// abortingReader ends the process, as a killed client would, once limit bytes were read.
+type abortingReader struct {
+	r     io.Reader
+	read  int64
+	limit int64
+}
+
+func (a *abortingReader) Read(b []byte) (int, error) {
+	n, err := a.r.Read(b)
+	a.read += int64(n)
+	if a.read >= a.limit {
+		fmt.Fprintf(os.Stderr, "shell: aborting after %d sidechannel bytes (--abort-after)\n", a.read)
+		os.Exit(3)
+	}
+	return n, err
 }

@@ -209,8 +209,21 @@ func (u *upstream) gitCommand(call callInfo, repo string, configs []string, prot
 		}
 		cleanup = func() {
 			if data, err := ioutil.ReadFile(name); err == nil {
-				b, _ := json.Marshal(map[string]interface{}{"trace2_file": name, "events": bytes.Count(data, []byte("\n")),
-					"correlation_id": call.correlationID})
+				events, underCorrelation := 0, 0
+				for _, line := range bytes.Split(data, []byte("\n")) {
+					var event struct {
+						Sid string `json:"sid"`
+					}
+					if json.Unmarshal(line, &event) != nil {
+						continue
+					}
+					events++
+					if call.correlationID != "" && strings.HasPrefix(event.Sid, call.correlationID+"/") {
+						underCorrelation++
+					}
+				}
+				b, _ := json.Marshal(map[string]interface{}{"trace2_file": name, "events": events,
+					"events_under_correlation_id": underCorrelation, "correlation_id": call.correlationID})
 				u.logMu.Lock()
 				fmt.Fprintf(os.Stderr, "%s\n", b)
 				u.logMu.Unlock()

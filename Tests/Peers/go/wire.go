@@ -238,6 +238,10 @@ func (p *pktLineReader) Read(b []byte) (int, error) {
 			return 0, io.EOF
 		}
 		payload, flush, err := readPktLine(p.r)
+		if err == io.EOF {
+			// As Gitaly: the client must end with a flush packet; a bare end of stream is an error.
+			return 0, io.ErrUnexpectedEOF
+		}
 		if err != nil {
 			return 0, err
 		}
