@@ -30,6 +30,12 @@ struct DemoCommandTests {
         #expect(posts.count >= 1 && posts.count == sidechannels.count, "\(out)")
         #expect(sidechannels.contains { $0.contains("(pack ") && !$0.contains("(pack 0 B") }, "\(out)")
         #expect(out.contains("Connections:\n  backchannel: "))
+        // Trace2 (Gitaly's temp files): the git processes under the SSH RPC, pack-objects with its regions.
+        let sshTree = lines[(ssh + 1)...].prefix { !$0.isEmpty }
+        #expect(sshTree.contains { $0.hasPrefix("   └─ git upload-pack  ") }, "\(out)")
+        #expect(sshTree.contains { $0.contains("└─ child git pack-objects  ") }, "\(out)")
+        #expect(sshTree.contains { $0.contains("└─ git pack-objects  ") }, "\(out)")
+        #expect(sshTree.contains { $0.contains("─ pack-objects:write-pack-file  ") }, "\(out)")
         // The scratch directory is gone afterwards.
         let scratch = try #require(lines.first { $0.hasPrefix("  scratch ") }?.split(separator: " ").dropFirst().first)
         #expect(!FileManager.default.fileExists(atPath: String(scratch)))

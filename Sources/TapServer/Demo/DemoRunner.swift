@@ -94,7 +94,13 @@ public enum DemoRunner {
         var logger = Logger(label: "gitaly-tap-demo")
         logger.logLevel = .warning
         let sink = CollectingSpanSink()
-        let pipeline = SpanPipeline(sinks: [sink], metrics: nil, logger: logger)
+        // The upstream writes Gitaly's gitaly-trace2* temp files into its TMPDIR: the tap reads them (docs/trace2.md).
+        var trace2Options = Trace2Options()
+        trace2Options.directories = [scratch + "/tmp"]
+        let collector = Trace2Collector(configuration: trace2Options.collector, logger: logger)
+        let trace2 = try await Trace2Runtime.start(
+            trace2Options, collector: collector, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        let pipeline = SpanPipeline(sinks: [sink], metrics: nil, observer: collector, logger: logger)
         let tapSocket = scratch + "/tap.sock"
         let proxy = TapProxy(
             configuration: ProxyConfiguration(listen: .unix(path: tapSocket), upstream: .unix(path: gitalySocket)),
@@ -114,12 +120,14 @@ public enum DemoRunner {
                     sshTrace: sshTrace, httpTrace: httpTrace, print: print)
             } catch {
                 await proxy.stop(drain: .seconds(1))
+                await trace2.stop()
                 pipeline.finish()
                 try await tasks.waitForAll()
                 throw error
             }
             // Every client is gone: draining closes the connections and flushes their spans.
             await proxy.stop(drain: .seconds(5))
+            await trace2.stop()
             pipeline.finish()
             try await tasks.waitForAll()
             return sink.collected
