@@ -78,14 +78,14 @@ public struct Trace2ProcessAssembler: Sendable {
                 process: GitProcess(sid: event.sid, startUnixNano: start), lastTime: first, lastActivity: now)
             outputs.append(.started(sid: event.sid))
         }
-        var state = open[event.sid]!
+        // Taken out of the dictionary while it changes, so appending to its lists never copies them.
+        var state = open.removeValue(forKey: event.sid)!
         state.lastActivity = now
         let time = estimatedTime(event, state)
         if time > state.lastTime { state.lastTime = time }
         state.process.eventCount += 1
         let done = apply(event, time: time, to: &state)
         if done {
-            open[event.sid] = nil
             outputs.append(.finished(close(state, reason: nil)))
             remember(event.sid)
         } else {

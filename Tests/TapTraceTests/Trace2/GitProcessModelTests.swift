@@ -178,4 +178,33 @@ struct GitProcessModelTests {
         #expect(!text.contains("Bearer tok"))
         #expect(text.contains("https://<redacted>@example.com/group/project.git"))
     }
+
+    @Test("per-process lists are capped and the excess counted; too many open processes evict the quietest")
+    func bounds() throws {
+        var assembler = Trace2ProcessAssembler(limits: .init(maximumOpenProcesses: 3, maximumItemsPerProcess: 100))
+        let sid = "20260101T000000.000000Z-H00000000-P00000009"
+        for i in 0..<250 {
+            _ = assembler.add(
+                Trace2Event(
+                    name: "data", sid: sid, timeUnixNano: 1_000 + UInt64(i),
+                    fields: ["category": .string("c"), "key": .string("k\(i)"), "value": .number("\(i)")]),
+                now: UInt64(i))
+        }
+        var finished: [GitProcess] = []
+        for i in 0..<3 {
+            let other = "20260101T000000.000000Z-H00000000-P0000010\(i)"
+            for case .finished(let p) in assembler.add(
+                Trace2Event(name: "version", sid: other, timeUnixNano: 5_000), now: 1_000 + UInt64(i))
+            {
+                finished.append(p)
+            }
+        }
+        #expect(assembler.evicted == 1)
+        let process = try #require(finished.first)
+        #expect(process.sid.text == sid)
+        #expect(process.data.count == 100)
+        #expect(process.droppedEvents == 150)
+        #expect(process.ending == .incomplete("too many open processes"))
+        #expect(assembler.openCount == 3)
+    }
 }
