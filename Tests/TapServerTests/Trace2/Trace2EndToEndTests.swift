@@ -14,8 +14,16 @@ struct Trace2EndToEndTests {
         case tempfile
         /// A git directory target, one file per process (joined by def_param CORRELATION_ID).
         case directory
+        /// The same without GIT_TRACE2_ENV_VARS: nothing names the correlation id, only --git-dir and time join.
+        case directoryGitDir
 
-        var expectedKey: String { self == .tempfile ? "sid_prefix" : "def_param" }
+        var expectedKey: String {
+            switch self {
+            case .tempfile: "sid_prefix"
+            case .socket, .directory: "def_param"
+            case .directoryGitDir: "git_dir"
+            }
+        }
     }
 
     /// Every span that descends from `root` through parent links.
@@ -65,11 +73,11 @@ struct Trace2EndToEndTests {
         case .tempfile:
             options.directories = [gitalyTmp]
             upstreamArguments += ["--trace2", "tempfile"]
-        case .directory:
+        case .directory, .directoryGitDir:
             options.directories = [traceDir]
             upstreamArguments += ["--trace2", "inherit"]
             upstreamEnvironment["GIT_TRACE2_EVENT"] = traceDir
-            upstreamEnvironment["GIT_TRACE2_ENV_VARS"] = "CORRELATION_ID"
+            if source == .directory { upstreamEnvironment["GIT_TRACE2_ENV_VARS"] = "CORRELATION_ID" }
         }
         let upstream = try PeerProcess(
             GoPeer.executable, upstreamArguments, dir: dir, name: "upstream", environment: upstreamEnvironment)
