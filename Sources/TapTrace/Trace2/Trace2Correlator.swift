@@ -257,11 +257,9 @@ public struct Trace2Correlator: Sendable {
     private func decide(root: Pending, now: UInt64, force: Bool) -> Decision {
         let facts = treeFacts(root)
         let process = root.process
-        let knownID = facts.prefix.flatMap { rpcsByCorrelation[$0] != nil ? $0 : nil } ?? facts.parameter
+        let namesCorrelationID = facts.prefix != nil || facts.parameter != nil
         let wait = Self.nanos(
-            knownID != nil || facts.prefix != nil
-                ? configuration.waitWithCorrelationID
-                : configuration.waitWithoutCorrelationID)
+            namesCorrelationID ? configuration.waitWithCorrelationID : configuration.waitWithoutCorrelationID)
         let expired = force || now >= root.arrivedAt + wait
 
         for (key, id) in [(MatchKey.sidPrefix, facts.prefix), (.defParam, facts.parameter)] {
