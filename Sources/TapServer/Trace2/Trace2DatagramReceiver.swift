@@ -25,7 +25,8 @@ public final class Trace2DatagramReceiver: Sendable {
         do {
             try UnixSocketPath.prepare(path)
         } catch {
-            throw Trace2ConfigurationError(description: "--trace2-socket: \(error.description)")
+            throw Trace2ConfigurationError(
+                description: "--trace2-socket: " + error.description.replacing("--listen", with: "--trace2-socket"))
         }
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else {
@@ -56,7 +57,8 @@ public final class Trace2DatagramReceiver: Sendable {
             try UnixSocketPath.setGroupAccessible(path)
         } catch {
             close(fd)
-            throw Trace2ConfigurationError(description: "--trace2-socket: \(error.description)")
+            throw Trace2ConfigurationError(
+                description: "--trace2-socket: " + error.description.replacing("--listen", with: "--trace2-socket"))
         }
         self.path = path
         self.collector = collector

@@ -93,7 +93,8 @@ public final class Trace2SocketListener: Sendable {
         do {
             try UnixSocketPath.prepare(path)
         } catch {
-            throw Trace2ConfigurationError(description: "--trace2-socket: \(error.description)")
+            throw Trace2ConfigurationError(
+                description: "--trace2-socket: " + error.description.replacing("--listen", with: "--trace2-socket"))
         }
         let collector = self.collector
         let bound: any Channel
@@ -116,7 +117,8 @@ public final class Trace2SocketListener: Sendable {
         } catch let error as Trace2ConfigurationError {
             throw error
         } catch let error as UnixSocketPath.Refusal {
-            throw Trace2ConfigurationError(description: "--trace2-socket: \(error.description)")
+            throw Trace2ConfigurationError(
+                description: "--trace2-socket: " + error.description.replacing("--listen", with: "--trace2-socket"))
         } catch {
             throw Trace2ConfigurationError(description: "--trace2-socket: cannot listen on \(path): \(error)")
         }

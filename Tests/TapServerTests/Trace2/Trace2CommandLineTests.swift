@@ -44,6 +44,10 @@ struct Trace2CommandLineTests {
         arguments: [
             (["--trace2-socket", "relative/t2.sock"], "git only accepts an absolute path"),
             (["--trace2-dir", "/nonexistent/gitaly-tmp"], "is not a directory"),
+            (
+                ["--trace2-socket", "/tmp"],
+                "exists and is not a socket; refusing to replace it (choose another --trace2-socket path)"
+            ),
         ])
     func badOptions(arguments: [String], message: String) async throws {
         let dir = try TempDir()
