@@ -20,7 +20,9 @@ struct GitalyTap: AsyncParsableCommand {
     /// Expands `proxy --config FILE` into arguments before parsing (flags given on the command line win).
     static func main() async {
         let given = Array(CommandLine.arguments.dropFirst())
-        let options = ConfigArguments.options(fromHelp: helpMessage(for: Proxy.self, columns: 10_000))
+        var options = ConfigArguments.options(fromHelp: helpMessage(for: Proxy.self, columns: 10_000))
+        // The help text does not mark array options as repeatable; these take an array in the file.
+        for repeatable in ["trace2-socket", "trace2-dir"] { options[repeatable] = .repeatable }
         let expanded: (arguments: [String], origins: [ConfigArguments.Origin], path: String?)
         do {
             expanded = try ConfigArguments.expand(given, subcommand: "proxy", options: options) { path in

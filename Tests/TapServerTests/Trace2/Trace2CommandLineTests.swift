@@ -60,4 +60,25 @@ struct Trace2CommandLineTests {
         let lines = result.stderr.split(separator: "\n").filter { $0.contains("error") }
         #expect(lines.count == 1 && lines[0].contains(message), "\(result.stderr)")
     }
+
+    @Test("the config file takes trace2_socket and trace2_dir as arrays; --check prints them back")
+    func configFile() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let config = """
+            listen = "unix:\(dir.file("tap.sock"))"
+            upstream = "unix:\(dir.file("up.sock"))"
+            trace2_socket = ["\(dir.file("t2.sock"))", "dgram:\(dir.file("t2.dgram"))"]
+            trace2_dir = ["\(dir.path)"]
+            """
+        try config.write(toFile: dir.file("tap.toml"), atomically: true, encoding: .utf8)
+        let result = try await runCommand(
+            try Peers.tapExecutable(), ["proxy", "--config", dir.file("tap.toml"), "--check"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(
+            result.stdout.contains(
+                "trace2_socket = [\"\(dir.file("t2.sock"))\", \"dgram:\(dir.file("t2.dgram"))\"]\n"), "\(result.stdout)"
+        )
+        #expect(result.stdout.contains("trace2_dir = [\"\(dir.path)\"]\n"), "\(result.stdout)")
+    }
 }
