@@ -12,7 +12,9 @@ import TapTrace
 public final class Trace2Collector: SpanObserver {
     /// Bounds and timeouts.
     public struct Configuration: Sendable {
+        /// Bounds of the process assembler.
         public var assembler = Trace2ProcessAssembler.Limits()
+        /// Timing and bounds of the correlator.
         public var correlator = Trace2Correlator.Configuration()
         /// A process with no event for this long is finished as incomplete.
         public var processIdleTimeout: Duration = .seconds(600)
@@ -24,17 +26,29 @@ public final class Trace2Collector: SpanObserver {
 
     /// Counters for metrics, logs and tests.
     public struct Counts: Sendable, Equatable {
+        /// Events parsed.
         public var events = 0
+        /// Lines that were not Trace2 events.
         public var malformedLines = 0
+        /// Lines cut by the end of their stream.
         public var truncatedLines = 0
+        /// Lines over the length limit.
         public var oversizedLines = 0
+        /// Connections, files and datagram sockets opened.
         public var streamsOpened = 0
+        /// Streams ended.
         public var streamsClosed = 0
+        /// Processes whose first event arrived.
         public var processesStarted = 0
+        /// Processes finished (any ending).
         public var processesFinished = 0
+        /// Processes finished without an exit event.
         public var incompleteProcesses = 0
+        /// Git spans handed to the pipeline.
         public var gitSpans = 0
+        /// Git spans dropped because the outbox was full.
         public var droppedSpans = 0
+        /// The correlator's counters.
         public var correlation = Trace2Correlator.Counts()
         public init() {}
     }
@@ -49,6 +63,7 @@ public final class Trace2Collector: SpanObserver {
         var nextStream: UInt64 = 0
     }
 
+    /// Bounds and timeouts.
     public let configuration: Configuration
     private let state: Mutex<State>
     private let now: @Sendable () -> UInt64
@@ -172,6 +187,7 @@ public final class Trace2Collector: SpanObserver {
 
     // MARK: - SpanObserver
 
+    /// Shows the correlator an RPC span; returns git spans it completes.
     public func observe(_ span: Span) -> [Span] {
         let time = now()
         return state.withLock { s in
@@ -181,6 +197,7 @@ public final class Trace2Collector: SpanObserver {
         }
     }
 
+    /// Expires idle processes and waits, and hands over the git spans ready since the last call.
     public func drain() -> [Span] {
         let time = now()
         let (seconds, _) = configuration.processIdleTimeout.components
@@ -195,6 +212,7 @@ public final class Trace2Collector: SpanObserver {
         }
     }
 
+    /// Finishes every open process, decides every held one, and hands over all remaining git spans.
     public func finish() -> [Span] {
         let time = now()
         return state.withLock { s in

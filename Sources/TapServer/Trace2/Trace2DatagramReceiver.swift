@@ -13,6 +13,7 @@ import TapTrace
 /// A plain blocking socket read in a `poll(2)` loop on a thread of its own: datagrams from unbound unix sockets
 /// (which is what git sends from) carry no sender address, which the channel layer does not expect.
 public final class Trace2DatagramReceiver: Sendable {
+    /// The socket path.
     public let path: String
     private let collector: Trace2Collector
     private let logger: Logger

@@ -41,12 +41,17 @@ public final class Trace2DirectoryWatcher: Sendable {
 
     /// What the watcher did, for metrics, logs and tests.
     public struct Counts: Sendable, Equatable {
+        /// Files opened for reading.
         public var filesOpened = 0
+        /// Files read to their end and closed.
         public var filesFinished = 0
         /// Files that were gone before they could be opened, or skipped because too many were open.
         public var filesMissed = 0
+        /// Files whose names are neither `gitaly-trace2*` nor a Trace2 sid.
         public var filesIgnored = 0
+        /// Bytes read from all files.
         public var bytesRead = 0
+        /// Times the inotify queue overflowed.
         public var inotifyOverflows = 0
         public init() {}
     }
@@ -60,6 +65,7 @@ public final class Trace2DirectoryWatcher: Sendable {
         var lastGrowth: ContinuousClock.Instant
     }
 
+    /// Where and how long.
     public let configuration: Configuration
     private let collector: Trace2Collector
     private let logger: Logger

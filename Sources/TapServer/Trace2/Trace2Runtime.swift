@@ -22,9 +22,13 @@ public struct Trace2Options: Sendable {
 
 /// The running Trace2 sources: socket listeners and directory watchers, all feeding one ``Trace2Collector``.
 public final class Trace2Runtime: Sendable {
+    /// Where every source delivers its events.
     public let collector: Trace2Collector
+    /// Stream socket listeners.
     public let listeners: [Trace2SocketListener]
+    /// Directory watchers.
     public let watchers: [Trace2DirectoryWatcher]
+    /// Datagram sockets.
     public let receivers: [Trace2DatagramReceiver]
     private let pool: NIOThreadPool?
     private let watching: [EventLoopFuture<Void>]

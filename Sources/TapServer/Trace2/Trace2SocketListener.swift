@@ -18,6 +18,7 @@ public struct Trace2SocketTarget: Sendable, Hashable, CustomStringConvertible {
         case dgram
     }
 
+    /// Stream or datagram.
     public var kind: Kind
     /// Absolute path of the socket.
     public var path: String
@@ -70,6 +71,7 @@ public struct Trace2ConfigurationError: Error, Sendable, CustomStringConvertible
 /// deadlock against a collector that served one connection at a time); each connection has its own line parser,
 /// and its end finishes the processes it carried.
 public final class Trace2SocketListener: Sendable {
+    /// Where it listens.
     public let target: Trace2SocketTarget
     private let collector: Trace2Collector
     private let group: any EventLoopGroup

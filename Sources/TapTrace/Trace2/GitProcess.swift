@@ -17,13 +17,19 @@ public struct GitProcess: Sendable, Equatable {
 
     /// A `region_enter`/`region_leave` pair.
     public struct Region: Sendable, Equatable {
+        /// Trace2 `category` (`pack-objects`, `index`, …).
         public var category: String
+        /// Trace2 `label` (`write-pack-file`, …).
         public var label: String
+        /// `msg`, when the region carries one.
         public var message: String?
+        /// The thread the region ran on.
         public var thread: String
         /// Trace2's `nesting` (1 = outermost).
         public var nesting: Int
+        /// When `region_enter` happened.
         public var startUnixNano: UInt64
+        /// When `region_leave` happened (the process end for an unclosed region).
         public var endUnixNano: UInt64
         /// The enclosing region on the same thread (index into ``GitProcess/regions``).
         public var parent: Int?
@@ -33,23 +39,35 @@ public struct GitProcess: Sendable, Equatable {
 
     /// A thread other than `main` (`thread_start`/`thread_exit`).
     public struct Thread: Sendable, Equatable {
+        /// The thread name (`th01:preload_thread`).
         public var name: String
+        /// Its first event (`thread_start` or any event on it).
         public var startUnixNano: UInt64
+        /// `thread_exit`, else the process end.
         public var endUnixNano: UInt64
+        /// True when `thread_exit` was seen.
         public var exited: Bool
     }
 
     /// A child process the process started (`child_start`, then `child_exit` or `child_ready`).
     public struct Child: Sendable, Equatable {
+        /// `child_id`, unique within the process.
         public var childID: Int64
+        /// `child_class`: `?`, `transport/file`, `hook`, `editor`, ….
         public var childClass: String
+        /// Whether the child ran through a shell (its pid is then the shell's).
         public var useShell: Bool
+        /// The child's argv as git gave it.
         public var argv: [String]
+        /// `hook_name` for hooks.
         public var hookName: String?
+        /// `child_start` time.
         public var startUnixNano: UInt64
+        /// `child_exit`/`child_ready` time, nil while it runs.
         public var endUnixNano: UInt64?
         /// From `child_exit`/`child_ready`: the pid `waitpid` saw (for a shell child: the shell's).
         public var pid: Int32?
+        /// `child_exit.code`.
         public var exitCode: Int64?
         /// `child_ready`'s state for a background child.
         public var ready: String?
@@ -57,9 +75,13 @@ public struct GitProcess: Sendable, Equatable {
 
     /// An `exec` (and its `exec_result` if the exec failed).
     public struct Exec: Sendable, Equatable {
+        /// `exec_id`.
         public var execID: Int64
+        /// `exe`: the program git tried to exec.
         public var exe: String?
+        /// Its argv.
         public var argv: [String]
+        /// When git called exec.
         public var timeUnixNano: UInt64
         /// errno from a failed exec.
         public var failureCode: Int64?
@@ -67,14 +89,19 @@ public struct GitProcess: Sendable, Equatable {
 
     /// A `data` or `data_json` value.
     public struct Datum: Sendable, Equatable {
+        /// Trace2 `category`.
         public var category: String
+        /// Trace2 `key`.
         public var key: String
         /// The value as text (JSON text for `data_json`).
         public var value: String
         /// The integer, when a `data` value is an integer (or a decimal string).
         public var intValue: Int64?
+        /// True for `data_json`.
         public var isJSON: Bool
+        /// The thread that wrote it.
         public var thread: String
+        /// When it was written.
         public var timeUnixNano: UInt64
         /// The innermost open region on the datum's thread when it was written.
         public var region: Int?
@@ -82,13 +109,17 @@ public struct GitProcess: Sendable, Equatable {
 
     /// A `timer`/`th_timer` summary or a `counter`/`th_counter` value.
     public struct Metric: Sendable, Equatable {
+        /// Trace2 `category`.
         public var category: String
+        /// Timer or counter name.
         public var name: String
         /// The thread for `th_*` events, nil for process-wide ones.
         public var thread: String?
         /// Timers: total seconds; counters: nil.
         public var totalSeconds: Double?
+        /// Timers: the shortest interval.
         public var minSeconds: Double?
+        /// Timers: the longest interval.
         public var maxSeconds: Double?
         /// Timers: intervals; counters: the count.
         public var count: Int64
@@ -96,8 +127,11 @@ public struct GitProcess: Sendable, Equatable {
 
     /// An `error` event.
     public struct ErrorMessage: Sendable, Equatable {
+        /// The formatted message (`msg`).
         public var message: String
+        /// The format string (`fmt`), for grouping.
         public var format: String?
+        /// When it was reported.
         public var timeUnixNano: UInt64
     }
 
@@ -127,20 +161,31 @@ public struct GitProcess: Sendable, Equatable {
     public var ancestry: [String] = []
     /// `def_param` values (config settings, `GIT_TRACE2_ENV_VARS` variables such as `CORRELATION_ID`).
     public var parameters: [String: String] = [:]
+    /// Start of the process (its sid's time, or its first event).
     public var startUnixNano: UInt64
+    /// `atexit`/`exit`/`signal` time, or the last event for an incomplete record.
     public var endUnixNano: UInt64
     /// `exit`/`atexit` code.
     public var exitCode: Int64?
     /// `signal.signo`.
     public var signal: Int64?
+    /// How the record ended.
     public var ending: Ending = .incomplete("no exit event")
+    /// Regions in `region_enter` order.
     public var regions: [Region] = []
+    /// Threads other than `main`.
     public var threads: [Thread] = []
+    /// Children in `child_start` order.
     public var children: [Child] = []
+    /// `exec` events.
     public var execs: [Exec] = []
+    /// `data`/`data_json` values.
     public var data: [Datum] = []
+    /// `timer`/`th_timer` summaries.
     public var timers: [Metric] = []
+    /// `counter`/`th_counter` values.
     public var counters: [Metric] = []
+    /// `error` events.
     public var errors: [ErrorMessage] = []
     /// Events received for this process.
     public var eventCount = 0

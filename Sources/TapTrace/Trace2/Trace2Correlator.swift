@@ -52,11 +52,17 @@ public struct Trace2Correlator: Sendable {
 
     /// What the correlator has done, for metrics and tests.
     public struct Counts: Sendable, Equatable {
+        /// Finished processes received.
         public var processes = 0
+        /// Process trees decided (each root once).
         public var trees = 0
+        /// Trees attached to an RPC, by key (`sid_prefix`, `def_param`, `git_dir`).
         public var matched: [String: Int] = [:]
+        /// Trees emitted on their own as shared between calls.
         public var shared = 0
+        /// Trees that matched no RPC.
         public var unmatched = 0
+        /// Trees emitted unmatched early because too many were held.
         public var forcedOut = 0
         public init() {}
     }
@@ -96,7 +102,9 @@ public struct Trace2Correlator: Sendable {
         case unmatched
     }
 
+    /// Timing and size bounds.
     public let configuration: Configuration
+    /// What the correlator has done so far.
     public private(set) var counts = Counts()
     private var generator: SplitMix64
     private var rpcs: [UInt64: RPC] = [:]
@@ -487,6 +495,7 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
 
     public init(seed: UInt64) { state = seed }
 
+    /// The next 64 random bits.
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state

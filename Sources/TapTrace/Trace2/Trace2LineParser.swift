@@ -31,7 +31,9 @@ public struct Trace2LineParser: Sendable {
         public init() {}
     }
 
+    /// The bounds this parser enforces.
     public let limits: Limits
+    /// What the parser has seen so far.
     public private(set) var counts = Counts()
     private var partial: [UInt8] = []
     private var discardingOversized = false

@@ -38,6 +38,7 @@ public struct Trace2ProcessAssembler: Sendable {
         var sawExit = false
     }
 
+    /// The bounds this assembler enforces.
     public let limits: Limits
     private var open: [String: Open] = [:]
     /// Recently finished sids, so a stray late event does not open a phantom process.
