@@ -74,6 +74,7 @@ public final class Trace2DirectoryWatcher: Sendable {
     private let state = Mutex(Counts())
     private let open = Mutex(0)
     private let closed = Mutex(false)
+    private let handoff = Mutex(Handoff())
 
     /// Sets up the inotify watch at once, so no file created after this returns is missed.
     public init(configuration: Configuration, collector: Trace2Collector, logger: Logger)
@@ -110,20 +111,23 @@ public final class Trace2DirectoryWatcher: Sendable {
 
     /// Current counters.
     public var counts: Counts { state.withLock { $0 } }
-    /// Files held open now.
+    /// Event files whose descriptor is open now.
     public var openFiles: Int { open.withLock { $0 } }
     /// True once the watch loop has ended and closed its inotify descriptor.
     public var isClosed: Bool { closed.withLock { $0 } }
 
-    /// Asks ``start(on:eventLoop:)`` to finish the open files and return.
+    /// Asks the watch started by ``start(on:eventLoop:)`` to finish the open files and end.
     public func stop() {
         stopping.withLock { $0 = true }
     }
 
-    /// Starts watching on a thread of `pool` until ``stop()``; the future completes once every open file is
-    /// finished and the watch is closed.
+    /// Starts watching on two threads of `pool` until ``stop()``: one only opens new files (so a file that lives a
+    /// few milliseconds is opened before it is deleted), the other reads and finishes them. The future completes
+    /// once every open file is finished and the watch is closed.
     public func start(on pool: NIOThreadPool, eventLoop: any EventLoop) -> EventLoopFuture<Void> {
-        pool.runIfActive(eventLoop: eventLoop) { self.loop() }
+        let opening = pool.runIfActive(eventLoop: eventLoop) { self.openerLoop() }
+        let reading = pool.runIfActive(eventLoop: eventLoop) { self.readerLoop() }
+        return opening.and(reading).map { _ in }
     }
 
     static func accepts(_ name: String) -> Bool {
@@ -131,50 +135,81 @@ public final class Trace2DirectoryWatcher: Sendable {
         return Trace2SessionID.isGitComponent(Substring(name))
     }
 
-    private func loop() {
-        var files: [String: TrackedFile] = [:]
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+    /// What the opener hands to the reader.
+    struct Handoff {
+        var opened: [(name: String, fd: Int32)] = []
+        var deleted: [String] = []
+        var openerDone = false
+    }
+
+    private var pollMillis: Int32 {
         let (seconds, attoseconds) = configuration.pollInterval.components
-        let pollMillis = Int32(clamping: max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+        return Int32(clamping: max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+    }
+
+    private func openerLoop() {
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while !stopping.withLock({ $0 }) {
             var descriptor = pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)
             _ = poll(&descriptor, 1, pollMillis)
-            readNotifications(into: &files, buffer: &buffer)
+            readNotifications(buffer: &buffer)
+        }
+        readNotifications(buffer: &buffer)
+        close(inotifyFD)
+        handoff.withLock { $0.openerDone = true }
+    }
+
+    private func readerLoop() {
+        var files: [Int32: TrackedFile] = [:]
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let stopped = stopping.withLock { $0 }
+            let batch = handoff.withLock { h -> Handoff in
+                defer {
+                    h.opened = []
+                    h.deleted = []
+                }
+                return h
+            }
+            for (name, fd) in batch.opened {
+                files[fd] = TrackedFile(fd: fd, name: name, stream: collector.openStream(), lastGrowth: .now)
+            }
+            for name in batch.deleted {
+                for (fd, file) in files where file.name == name { files[fd]?.deleted = true }
+            }
             let now = ContinuousClock.now
-            for name in Array(files.keys) {
-                // A new file may live only a few milliseconds (Gitaly deletes it right after a short command): look
-                // for new files between reads rather than once per round.
-                readNotifications(into: &files, buffer: &buffer)
-                guard var file = files[name] else { continue }
-                if read(&file, buffer: &buffer) { file.lastGrowth = now }
+            var busy = !batch.opened.isEmpty
+            for fd in Array(files.keys) {
+                guard var file = files[fd] else { continue }
+                if read(&file, buffer: &buffer) {
+                    file.lastGrowth = now
+                    busy = true
+                }
                 let quiet = now - file.lastGrowth
                 if collector.streamComplete(file.stream) {
                     finish(file, reason: "processes ended")
-                    files[name] = nil
+                    files[fd] = nil
                 } else if file.deleted, quiet >= configuration.deletedGrace {
                     finish(file, reason: "file deleted before its processes ended")
-                    files[name] = nil
+                    files[fd] = nil
                 } else if quiet >= configuration.idleTimeout {
                     finish(file, reason: "file idle too long")
-                    files[name] = nil
+                    files[fd] = nil
                 } else {
-                    files[name] = file
+                    files[fd] = file
                 }
             }
-            open.withLock { $0 = files.count }
+            if stopped, batch.openerDone { break }
+            if !busy { usleep(UInt32(min(Int(pollMillis), 5)) * 1000) }
         }
-        // Last read of everything, then finish.
-        readNotifications(into: &files, buffer: &buffer)
         for (_, var file) in files {
             _ = read(&file, buffer: &buffer)
             finish(file, reason: "watcher stopped")
         }
-        open.withLock { $0 = 0 }
-        close(inotifyFD)
         closed.withLock { $0 = true }
     }
 
-    private func readNotifications(into files: inout [String: TrackedFile], buffer: inout [UInt8]) {
+    private func readNotifications(buffer: inout [UInt8]) {
         while true {
             let count = buffer.withUnsafeMutableBytes { Glibc.read(inotifyFD, $0.baseAddress, $0.count) }
             guard count > 0 else { return }
@@ -204,21 +239,20 @@ public final class Trace2DirectoryWatcher: Sendable {
                 }
                 guard !name.isEmpty, mask & UInt32(IN_ISDIR) == 0 else { continue }
                 if mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
-                    guard files[name] == nil else { continue }
                     guard Self.accepts(name) else {
                         state.withLock { $0.filesIgnored += 1 }
                         continue
                     }
-                    openFile(name, into: &files)
+                    openFile(name)
                 } else if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 {
-                    files[name]?.deleted = true
+                    handoff.withLock { $0.deleted.append(name) }
                 }
             }
         }
     }
 
-    private func openFile(_ name: String, into files: inout [String: TrackedFile]) {
-        guard files.count < configuration.maximumOpenFiles else {
+    private func openFile(_ name: String) {
+        guard open.withLock({ $0 }) < configuration.maximumOpenFiles else {
             state.withLock { $0.filesMissed += 1 }
             return
         }
@@ -238,7 +272,8 @@ public final class Trace2DirectoryWatcher: Sendable {
             return
         }
         state.withLock { $0.filesOpened += 1 }
-        files[name] = TrackedFile(fd: fd, name: name, stream: collector.openStream(), lastGrowth: .now)
+        open.withLock { $0 += 1 }
+        handoff.withLock { $0.opened.append((name, fd)) }
     }
 
     /// Reads what the file has now; true when it grew.
@@ -257,6 +292,7 @@ public final class Trace2DirectoryWatcher: Sendable {
     private func finish(_ file: TrackedFile, reason: String) {
         var file = file
         close(file.fd)
+        open.withLock { $0 -= 1 }
         collector.ingest(file.parser.finish(), stream: file.stream)
         collector.closeStream(file.stream, parser: file.parser.counts, reason: reason)
         state.withLock { $0.filesFinished += 1 }

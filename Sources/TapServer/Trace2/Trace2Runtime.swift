@@ -79,7 +79,7 @@ public final class Trace2Runtime: Sendable {
         var pool: NIOThreadPool?
         var watching: [EventLoopFuture<Void>] = []
         if !watchers.isEmpty || !receivers.isEmpty {
-            let threads = NIOThreadPool(numberOfThreads: watchers.count + receivers.count)
+            let threads = NIOThreadPool(numberOfThreads: 2 * watchers.count + receivers.count)
             threads.start()
             pool = threads
             watching = watchers.map { $0.start(on: threads, eventLoop: group.next()) }

@@ -9,7 +9,8 @@ struct Trace2SourceTests {
     /// Accepted connections and listeners bound to `path` (a unix socket shows its path on both).
     static func unixSockets(at path: String) -> Int {
         // procfs files report size 0: read until end of file rather than trusting the size.
-        let table = (FileHandle(forReadingAtPath: "/proc/net/unix").flatMap { try? $0.readToEnd() })
+        let table =
+            (FileHandle(forReadingAtPath: "/proc/net/unix").flatMap { try? $0.readToEnd() })
             .map { String(decoding: $0, as: UTF8.self) } ?? ""
         return table.split(separator: "\n").filter { $0.hasSuffix(" " + path) }.count
     }
@@ -104,7 +105,7 @@ struct Trace2SourceTests {
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: false)
         var options = Trace2Options()
         options.directories = [tmp]
-        let count = 200
+        let count = Self.burst
         let sink = try await Trace2Harness.with(trace2: options) { h in
             // What Gitaly does per command: create the file, run git with it as the target, delete it.
             let script = """
