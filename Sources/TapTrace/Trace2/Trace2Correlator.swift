@@ -138,6 +138,8 @@ public struct Trace2Correlator: Sendable {
     /// A finished RPC span: remembered, and any held process that belongs to it is emitted under it.
     public mutating func add(rpc span: Span, now: UInt64) -> [Span] {
         guard case .string("grpc") = span.attributes["rpc.system"] else { return [] }
+        // Calls Gitaly makes back to its client over the backchannel (transaction votes) run no git of their own.
+        if span.attributes["gitaly.backchannel.from_gitaly"] == .bool(true) { return [] }
         nextSerial += 1
         let rpc = RPC(
             serial: nextSerial, traceID: span.traceID, spanID: span.spanID, sampled: span.sampled,

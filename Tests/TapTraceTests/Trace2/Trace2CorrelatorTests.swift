@@ -129,6 +129,23 @@ struct Trace2CorrelatorTests {
         #expect(try spans.one("git clone").parentSpanID == rpc.spanID)
     }
 
+    @Test("a call Gitaly makes back over the backchannel never takes a git process")
+    func backchannelCallsFromGitaly() throws {
+        let (start, end) = try Self.window("def-param")
+        var correlator = Trace2Correlator(seed: 14)
+        let rpc = rpcSpan(
+            "gitaly.SmartHTTPService/PostReceivePack", traceLow: 1, spanID: 0x1, start: start - Self.ms,
+            end: end + 10 * Self.ms, correlationID: "corr-param-2")
+        var vote = rpcSpan(
+            "gitaly.RefTransaction/VoteTransaction", traceLow: 1, spanID: 0x2, start: start - Self.ms / 2,
+            end: end + Self.ms, correlationID: "corr-param-2")
+        vote.attributes["gitaly.backchannel.from_gitaly"] = .bool(true)
+        _ = correlator.add(rpc: rpc, now: end)
+        _ = correlator.add(rpc: vote, now: end)
+        let spans = try Self.feed("def-param", into: &correlator, now: end)
+        #expect(try spans.one("git rev-list").parentSpanID == rpc.spanID)
+    }
+
     @Test("several RPCs with one correlation id: the one whose window holds the process wins")
     func sharedCorrelationID() throws {
         let (start, end) = try Self.window("def-param")
