@@ -28,6 +28,12 @@ struct ShutdownTests {
         }
         // Wait until the client's HTTP/2 connection is open through the tap (the tap's metrics say so): the call
         // follows on it at once, and the connection stays open until the 3 s stream has ended.
+        try await waitForOpenHTTP2(dir)
+        return client
+    }
+
+    /// Waits until the tap's metrics show one open HTTP/2 connection.
+    static func waitForOpenHTTP2(_ dir: TempDir) async throws {
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
             let socket = try? RawSocket(connectingTo: "unix:" + dir.file("metrics.sock"))
@@ -37,7 +43,7 @@ struct ShutdownTests {
                 _ = try? socket.readToEnd(timeout: 5) { bytes += $0 }
                 let text = String(decoding: bytes, as: UTF8.self)
                 if text.split(separator: "\n").contains(where: { $0.hasPrefix("gitaly_tap_connections_open{kind=\"http2\"} 1") }) {
-                    return client
+                    return
                 }
             }
             try await Task.sleep(for: .milliseconds(50))
@@ -126,15 +132,20 @@ struct ShutdownTests {
             tap.stop()
             echo.stop()
         }
-        let stream = try await Self.startSlowStream(dir, correlationID: "twice")
+        // An idle HTTP/2 connection (preface and SETTINGS, then nothing): gRPC servers keep it open, so the drain
+        // would last the whole 30 s.
+        let idle = try RawSocket(connectingTo: "unix:" + dir.file("tap.sock"))
+        try idle.write(Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0])
+        try await Self.waitForOpenHTTP2(dir)
         tap.signal(SIGTERM)
-        try await Task.sleep(for: .milliseconds(300))
+        let draining = ContinuousClock.now + .seconds(10)
+        while !tap.stderr.contains("draining"), ContinuousClock.now < draining { try await Task.sleep(for: .milliseconds(20)) }
         #expect(!tap.exited, "still draining after the first signal")
         tap.signal(SIGTERM)
         // Far sooner than the 30 s drain.
         _ = try await Self.waitExit(tap, timeout: .seconds(10))
         #expect(tap.process.terminationStatus != 0, "an interrupted drain is not a clean exit")
         #expect(tap.stderr.contains("second signal"), "\(tap.stderr)")
-        _ = try? await stream.value
+        _ = idle
     }
 }
