@@ -28,12 +28,19 @@ let package = Package(
             name: "TapTrace",
             dependencies: ["TapWire"]
         ),
+        // Session recordings: file format, writer, reader, redaction (docs/recording.md).
+        .target(
+            name: "TapRecord",
+            dependencies: ["TapWire", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         // The I/O edge: listeners, splice, sinks, runtime wiring.
         .target(
             name: "TapServer",
             dependencies: [
                 "TapWire",
                 "TapTrace",
+                "TapRecord",
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -55,10 +62,11 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "TapTraceTests", dependencies: ["TapTrace"]),
+        .testTarget(name: "TapRecordTests", dependencies: ["TapRecord", "TapWire"]),
         .testTarget(
             name: "TapServerTests",
             dependencies: [
-                "TapServer", "TapWire", "TapTrace",
+                "TapServer", "TapWire", "TapTrace", "TapRecord",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

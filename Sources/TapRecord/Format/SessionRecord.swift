@@ -18,13 +18,6 @@ public struct RecordedHeader: Sendable, Hashable {
 
     /// The value as text (UTF-8, repaired), for display.
     public var text: String { String(decoding: value, as: UTF8.self) }
-
-    /// The value's raw bytes for a `-bin` key (true binary or base64 on the wire), nil for text keys or bad base64.
-    public var binaryValue: [UInt8]? {
-        guard name.hasSuffix("-bin") else { return nil }
-        if value.first == 0 { return Array(value.dropFirst()) }
-        return Base64.decode(value)
-    }
 }
 
 /// The first record of every file: which session and which part of it.
