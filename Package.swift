@@ -52,9 +52,12 @@ let package = Package(
             name: "gitaly-tap",
             dependencies: [
                 "TapServer",
+                "TapRecord",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            // main.swift holds `@main`; the subcommands live in files beside it.
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
         .testTarget(
             name: "TapWireTests",

@@ -12,7 +12,7 @@ struct GitalyTap: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gitaly-tap",
         abstract: "A transparent sidecar in front of Gitaly that records one span per gRPC call.",
-        subcommands: [Proxy.self]
+        subcommands: [Proxy.self, Inspect.self]
     )
 }
 
@@ -85,6 +85,9 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Serve Prometheus /metrics and /health on tcp://host:port or unix:/path.")
     var metrics: String?
 
+    @OptionGroup(title: "Recording")
+    var recording: RecordingArguments
+
     func run() async throws {
         let logger = try makeLogger(level: logLevel, format: logFormat)
         let listenAddress: TapAddress
@@ -106,6 +109,7 @@ struct Proxy: AsyncParsableCommand {
                 throw fail("--metrics: \(error)")
             }
         }
+        options.recording = try recording.options()
         do {
             try await ProxyRuntime.run(options, logger: logger)
         } catch let error as ProxyStartError {

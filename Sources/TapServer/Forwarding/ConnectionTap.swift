@@ -16,12 +16,19 @@ final class ConnectionTap {
     private var closed = false
     private var closeReason = "closed"
     private var calls = 0
+    /// Gets the decoder's events while recording; nil when not recording or once recording stopped.
+    private var recorder: SessionRecorder?
 
-    init(info: ConnectionInfo, pipeline: SpanPipeline, limits: GRPCCallAssembler.Limits, logger: Logger) {
+    init(
+        info: ConnectionInfo, pipeline: SpanPipeline, limits: GRPCCallAssembler.Limits, logger: Logger,
+        recorder: SessionRecorder? = nil
+    ) {
         self.info = info
         self.pipeline = pipeline
         self.decoder = ConnectionDecoder(limits: limits)
         self.logger = logger
+        self.recorder = recorder
+        recorder?.connectionOpened(info)
     }
 
     func observe(_ buffer: ByteBuffer, direction: Direction) {
@@ -31,6 +38,7 @@ final class ConnectionTap {
             return
         }
         decoder.feed(buffer, direction: direction, at: now, emit: submit)
+        if recorder != nil { handOverEvents() }
         if !reportedStop, let reason = decoder.stoppedReason {
             reportedStop = true
             pipeline.decodingStopped(reason: reason)
@@ -55,11 +63,23 @@ final class ConnectionTap {
         closed = true
         let now = WallClock.nowNanos()
         decoder.close(at: now, emit: submit)
-        pipeline.submit(
-            connection: ConnectionSummary(
-                info: info, kind: decoder.kind.rawValue, bytesToServer: decoder.bytesToServer,
-                bytesToClient: decoder.bytesToClient, endTimeUnixNano: now, decodingStopped: decoder.stoppedReason,
-                closeReason: closeReason, calls: calls))
+        if recorder != nil { handOverEvents() }
+        let summary = ConnectionSummary(
+            info: info, kind: decoder.kind.rawValue, bytesToServer: decoder.bytesToServer,
+            bytesToClient: decoder.bytesToClient, endTimeUnixNano: now, decodingStopped: decoder.stoppedReason,
+            closeReason: closeReason, calls: calls)
+        recorder?.connectionClosed(summary)
+        pipeline.submit(connection: summary)
+    }
+
+    /// Passes the decoder's events to the recorder; when it has stopped, the decoder stops producing them.
+    private func handOverEvents() {
+        let events = decoder.takeEvents()
+        guard !events.isEmpty, let recorder else { return }
+        if !recorder.submit(connection: info.id, events: events) {
+            decoder.stopEvents()
+            self.recorder = nil
+        }
     }
 
     private func submit(_ record: GRPCCallRecord) {

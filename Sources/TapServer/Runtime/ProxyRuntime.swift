@@ -18,6 +18,8 @@ public struct ProxyRunOptions: Sendable {
     public var threads: Int = System.coreCount
     /// Where to serve `/metrics` and `/health`, if anywhere.
     public var metricsAddress: TapAddress?
+    /// `--record`: where and how to record the session.
+    public var recording: RecordingOptions?
 
     public init(proxy: ProxyConfiguration, spansPath: String?) {
         self.proxy = proxy
@@ -39,8 +41,16 @@ public enum ProxyRuntime {
         }
         let metrics = options.metricsAddress.map { _ in TapMetrics() }
         let pipeline = SpanPipeline(sinks: sinks, metrics: metrics, logger: logger)
+        var configuration = options.proxy
+        let recorder = try options.recording.map { recording in
+            configuration.limits.recordEvents = true
+            configuration.limits.messageCapture = recording.limits.maxMessageBytes
+            return try SessionRecorder(
+                options: recording, listen: configuration.listen.description,
+                upstream: configuration.upstream.description, logger: logger)
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.threads))
-        let proxy = TapProxy(configuration: options.proxy, pipeline: pipeline, group: group, logger: logger)
+        let proxy = TapProxy(configuration: configuration, pipeline: pipeline, group: group, logger: logger, recorder: recorder)
         let signals = SignalStream.termination()
         var metricsServer: MetricsServer?
         do {
@@ -52,6 +62,7 @@ public enum ProxyRuntime {
             }
         } catch {
             await proxy.stop(drain: .zero)
+            await recorder?.finish()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -71,6 +82,7 @@ public enum ProxyRuntime {
                 }
             }
             await proxy.stop(drain: options.drainTimeout)
+            await recorder?.finish()
             pipeline.finish()
             await metricsServer?.close()
             await tasks.next()
