@@ -53,6 +53,7 @@ let package = Package(
             dependencies: [
                 "TapServer",
                 "TapRecord",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

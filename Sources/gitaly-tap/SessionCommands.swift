@@ -1,5 +1,6 @@
 import ArgumentParser
 import TapRecord
+import NIOPosix
 import TapServer
 
 #if canImport(Glibc)
@@ -56,4 +57,79 @@ struct Inspect: AsyncParsableCommand {
             writeStdout(SessionReport.summary(session, path: file))
         }
     }
+}
+
+struct Replay: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send a recording's calls to a Gitaly and compare its answers with the recorded ones (exit 0 only when all match)."
+    )
+
+    @Argument(help: "The recording (its first file; later files are followed).")
+    var file: String
+
+    @Option(help: "The Gitaly to send to: unix:/abs/path or tcp://host:port.")
+    var target: String
+
+    @Option(help: "Pace: a multiple of the recorded pace (1 = as recorded, 2 = twice as fast), or max.")
+    var rate: String = "1"
+
+    @Option(help: "Calls in flight at once.")
+    var concurrency: Int = 16
+
+    @Option(help: "File holding Gitaly's shared secret: each call gets a fresh v2 authorization token.")
+    var tokenFile: String?
+
+    @Option(help: "Seconds a call may take before it is abandoned and reported.")
+    var callTimeout: Int = 120
+
+    func run() async throws {
+        var options: ReplayOptions
+        do {
+            options = ReplayOptions(target: try TapAddress(parsing: target))
+        } catch {
+            throw fail("--target: \(error)")
+        }
+        if rate == "max" {
+            options.rate = nil
+        } else if let r = Double(rate), r > 0, r.isFinite {
+            options.rate = r
+        } else {
+            throw fail("--rate must be a positive number or max, not '\(rate)'")
+        }
+        guard concurrency >= 1 else { throw fail("--concurrency must be at least 1") }
+        options.concurrency = concurrency
+        options.callTimeout = .seconds(Int64(max(1, callTimeout)))
+        if let tokenFile {
+            guard let secret = readSecret(tokenFile) else { throw fail("--token-file: cannot read \(tokenFile)") }
+            guard !secret.isEmpty else { throw fail("--token-file: \(tokenFile) is empty") }
+            options.token = GitalyToken(secret: secret)
+        }
+        let session = try loadRecording(file)
+        let group = MultiThreadedEventLoopGroup.singleton
+        let outcomes: [ReplayOutcome]
+        do {
+            outcomes = try await SessionReplayer.run(session, options: options, group: group)
+        } catch let error as ReplayError {
+            throw fail(error.description)
+        }
+        writeStdout(ReplayReport.text(outcomes, file: file, target: target, rate: options.rate, concurrency: concurrency))
+        if !ReplayReport.allMatched(outcomes) { throw ExitCode(1) }
+    }
+}
+
+/// The file's bytes without a trailing newline (secrets are often written with one).
+func readSecret(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
+        if n < 0 { if errno == EINTR { continue } else { return nil } }
+        if n == 0 { break }
+        out += chunk[0..<n]
+    }
+    while let last = out.last, last == 0x0A || last == 0x0D { out.removeLast() }
+    return out
 }

@@ -380,7 +380,8 @@ private struct BodyReader {
         headers.reserveCapacity(Int(count))
         for _ in 0..<count {
             let flags = try u8()
-            let name = try string()
+            let stored = try string()
+            let name = flags & 2 != 0 ? "authorization" : stored
             guard let n = buffer.readInteger(as: UInt32.self), let value = buffer.readBytes(length: Int(n)) else { throw short() }
             headers.append(RecordedHeader(name: name, value: value, redacted: flags & 1 != 0))
         }
@@ -400,13 +401,15 @@ extension ByteBuffer {
         writeBytes(utf8)
     }
 
-    /// u16 count, then per field: flags u8 (bit 0 redacted), name (u16 + bytes), value (u32 + bytes).
+    /// u16 count, then per field: flags u8 (bit 0 redacted, bit 1 the withheld `authorization`), name (u16 + bytes), value (u32 + bytes).
     mutating func writeHeaders(_ headers: [RecordedHeader]) {
         let count = min(headers.count, Int(UInt16.max))
         writeInteger(UInt16(count))
         for header in headers.prefix(count) {
-            writeInteger(UInt8(header.redacted ? 1 : 0))
-            writeShortString(header.name)
+            // The withheld `authorization` is stored as a flag alone, so not even its name is in the file.
+            let isAuthorization = header.redacted && header.name.lowercased() == "authorization"
+            writeInteger(UInt8(header.redacted ? 1 : 0) | (isAuthorization ? 2 : 0))
+            writeShortString(isAuthorization ? "" : header.name)
             writeInteger(UInt32(header.redacted ? 0 : header.value.count))
             if !header.redacted { writeBytes(header.value) }
         }
