@@ -133,3 +133,41 @@ func readSecret(_ path: String) -> [UInt8]? {
     while let last = out.last, last == 0x0A || last == 0x0D { out.removeLast() }
     return out
 }
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "A stand-in Gitaly: answer calls with a recording's answers (matched by method and request messages)."
+    )
+
+    @Argument(help: "The recording (its first file; later files are followed).")
+    var file: String
+
+    @Option(help: "Where clients connect: unix:/abs/path or tcp://host:port.")
+    var listen: String
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String = "info"
+
+    @Option(help: "Log format: json, text, or auto (text on a terminal, else json).")
+    var logFormat: String = "auto"
+
+    func run() async throws {
+        let logger = try makeLogger(level: logLevel, format: logFormat)
+        let address: TapAddress
+        do {
+            address = try TapAddress(parsing: listen)
+        } catch {
+            throw fail("--listen: \(error)")
+        }
+        let session = try loadRecording(file)
+        let server = StandInServer(session: session, listen: address, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        do {
+            try await server.start()
+        } catch let error as ProxyStartError {
+            throw fail(error.description)
+        }
+        var signals = SignalStream.termination().makeAsyncIterator()
+        _ = await signals.next()
+        await server.stop()
+    }
+}

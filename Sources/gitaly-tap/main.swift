@@ -12,7 +12,7 @@ struct GitalyTap: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gitaly-tap",
         abstract: "A transparent sidecar in front of Gitaly that records one span per gRPC call.",
-        subcommands: [Proxy.self, Inspect.self, Replay.self]
+        subcommands: [Proxy.self, Inspect.self, Replay.self, Serve.self]
     )
 }
 

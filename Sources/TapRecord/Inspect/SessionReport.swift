@@ -174,7 +174,8 @@ public enum SessionReport {
             })
     }
 
-    static func endName(_ end: GRPCCallRecord.End?) -> String {
+    /// How a call ended, in words.
+    public static func endName(_ end: GRPCCallRecord.End?) -> String {
         switch end {
         case .trailers?: "trailers"
         case .trailersOnly?: "trailersOnly"
