@@ -2,6 +2,10 @@ import ArgumentParser
 import TapRecord
 import TapServer
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `proxy` options of `--record` (docs/recording.md).
 struct RecordingArguments: ParsableArguments {
     @Option(name: .customLong("record"), help: "Record the session to this file (mode 0600; later files FILE.1, FILE.2, ...).")
@@ -18,6 +22,9 @@ struct RecordingArguments: ParsableArguments {
 
     @Option(help: "Files per recording; when the last is full, recording stops (traffic goes on).")
     var recordMaxFiles: Int = RecordingLimits().maxFiles
+
+    @Option(help: "Payload bytes that may wait for the recording's writer; past it recording stops (traffic goes on).")
+    var recordMaxQueueBytes: Int = 64 << 20
 
     @Flag(help: "Also withhold personal metadata (username, user_id, remote_ip, key_id, ...) from the recording.")
     var redact = false
@@ -38,6 +45,13 @@ struct RecordingArguments: ParsableArguments {
         limits.maxFileBytes = recordMaxFileBytes
         limits.maxFiles = recordMaxFiles
         limits.redactPersonal = redact
-        return RecordingOptions(path: path, limits: limits)
+        guard recordMaxQueueBytes >= 1 else { throw ValidationError("--record-max-queue-bytes must be positive") }
+        var options = RecordingOptions(path: path, limits: limits)
+        options.maxQueuedBytes = recordMaxQueueBytes
+        // A slow disk on demand, for tests of recording under pressure (docs/recording.md).
+        if let text = getenv("GITALY_TAP_RECORD_BLOCK_DELAY_MS").map({ String(cString: $0) }), let ms = Int(text), ms > 0 {
+            options.blockDelay = .milliseconds(ms)
+        }
+        return options
     }
 }

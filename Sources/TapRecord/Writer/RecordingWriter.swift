@@ -99,8 +99,14 @@ public final class RecordingWriter {
             guard !isStopped else { return }
         }
         appendRaw(record)
-        if buffer.readableBytes >= 1 << 20 { try flush() }
+        if buffer.readableBytes >= 1 << 20 { try flush(wholeBlocksOnly: true) }
     }
+
+    /// Bytes per `write(2)`.
+    public static let blockSize = 64 * 1024
+
+    /// Sleeps this long before each block: a slow disk, for tests of what happens then.
+    public var blockDelay: Duration?
 
     /// An upper bound of the records written when a file is closed.
     static let closingReserve: UInt64 = 1024
@@ -126,13 +132,20 @@ public final class RecordingWriter {
         try openFile(nextPath)
     }
 
-    /// Writes buffered records to the file.
-    public func flush() throws(RecordingWriteError) {
+    /// Writes buffered records to the file, in blocks of `blockSize`.
+    ///
+    /// With `wholeBlocksOnly` (during a burst) the bytes short of a whole block stay buffered for the next call; a
+    /// record can then be half in the file, which a reader detects as a torn tail should the process die there.
+    public func flush(wholeBlocksOnly: Bool = false) throws(RecordingWriteError) {
         guard fd >= 0, buffer.readableBytes > 0 else { return }
+        let total = wholeBlocksOnly ? buffer.readableBytes / Self.blockSize * Self.blockSize : buffer.readableBytes
+        guard total > 0 else { return }
+        let delay = blockDelay
         let failure: String? = buffer.withUnsafeReadableBytes { raw in
             var offset = 0
-            while offset < raw.count {
-                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+            while offset < total {
+                if let delay { Self.sleep(delay) }
+                let n = write(fd, raw.baseAddress! + offset, min(Self.blockSize, total - offset))
                 if n < 0 {
                     if errno == EINTR { continue }
                     return Self.errnoText()
@@ -141,7 +154,8 @@ public final class RecordingWriter {
             }
             return nil
         }
-        buffer.clear()
+        buffer.moveReaderIndex(forwardBy: total)
+        if buffer.readableBytes == 0 { buffer.clear() } else { buffer.discardReadBytes() }
         if let failure {
             closeFile()
             isStopped = true
@@ -170,6 +184,13 @@ public final class RecordingWriter {
     private func closeFile() {
         if fd >= 0 { close(fd) }
         fd = -1
+    }
+
+    private static func sleep(_ delay: Duration) {
+        let (seconds, attos) = delay.components
+        var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int(attos / 1_000_000_000))
+        var rest = timespec()
+        while nanosleep(&ts, &rest) != 0, errno == EINTR { ts = rest }
     }
 
     private static func errnoText() -> String {

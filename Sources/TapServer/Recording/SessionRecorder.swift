@@ -13,6 +13,8 @@ public struct RecordingOptions: Sendable {
     public var limits: RecordingLimits
     /// Bytes of payload waiting for the writer; past it the writer is too slow and recording stops.
     public var maxQueuedBytes = 64 << 20
+    /// A pause before each block written: simulates a slow disk (tests; `GITALY_TAP_RECORD_BLOCK_DELAY_MS`).
+    public var blockDelay: Duration?
 
     public init(path: String, limits: RecordingLimits = RecordingLimits()) {
         self.path = path
@@ -69,6 +71,7 @@ public final class SessionRecorder: Sendable {
         } catch {
             throw ProxyStartError(description: "\(error.description) (--record)")
         }
+        writer.blockDelay = options.blockDelay
         output = Mutex(Output(writer: writer, encoder: EventEncoder(limits: options.limits)))
         pool = NIOThreadPool(numberOfThreads: 1)
         pool.start()
@@ -143,6 +146,8 @@ public final class SessionRecorder: Sendable {
                 return (items, [])
             }
             if items.isEmpty {
+                // Idle: everything goes to the file now; during a burst only whole blocks were written.
+                output.withLock { out in flushAll(&out) }
                 for continuation in waiting { continuation.resume() }
                 return
             }
@@ -188,7 +193,6 @@ public final class SessionRecorder: Sendable {
                     return
                 }
             }
-            try writer.flush()
         } catch {
             stopQueue()
             logger.error(
@@ -197,6 +201,19 @@ public final class SessionRecorder: Sendable {
             out.writer = nil
         }
         written.add(count, ordering: .relaxed)
+    }
+
+    private func flushAll(_ out: inout Output) {
+        guard let writer = out.writer else { return }
+        do {
+            try writer.flush()
+        } catch {
+            stopQueue()
+            logger.error(
+                "recording stopped: \(error.description); traffic continues unrecorded", metadata: ["file": "\(options.path)"])
+            writer.abandon()
+            out.writer = nil
+        }
     }
 
     private func stopQueue() {
