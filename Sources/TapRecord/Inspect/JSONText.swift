@@ -25,11 +25,15 @@ enum JSONText {
     }
 
     static func array(_ items: [String]) -> String { "[" + items.joined(separator: ",") + "]" }
+    static func base64(_ bytes: some Collection<UInt8>) -> String { Base64.encode(bytes) }
+}
 
+/// Standard base64 (RFC 4648) with padding.
+public enum Base64 {
     private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
-    /// Standard base64 with padding.
-    static func base64(_ bytes: some Collection<UInt8>) -> String {
+    /// `bytes` as base64 text.
+    public static func encode(_ bytes: some Collection<UInt8>) -> String {
         var out: [UInt8] = []
         out.reserveCapacity((bytes.count + 2) / 3 * 4)
         var it = bytes.makeIterator()

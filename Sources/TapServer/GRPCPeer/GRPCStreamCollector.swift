@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
+import TapRecord
 import TapWire
 
 /// One side of a gRPC call as received on an HTTP/2 stream that the tap itself speaks (replay client, stand-in).
@@ -65,6 +66,15 @@ struct GRPCStreamCollector {
         ended = true
         collected.lost = true
         return true
+    }
+}
+
+extension RecordedHeader {
+    /// The value to send again: a `-bin` value recorded in gRPC's "true binary" form (0x00, then raw bytes) is
+    /// sent base64-encoded, the form every gRPC peer decodes to the same bytes; HPACK text values as recorded.
+    var wireValue: String {
+        if name.hasSuffix("-bin"), value.first == 0 { return Base64.encode(value.dropFirst()) }
+        return String(decoding: value, as: UTF8.self)
     }
 }
 

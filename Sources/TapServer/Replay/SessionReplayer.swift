@@ -137,7 +137,7 @@ public enum SessionReplayer {
         for header in call.requestHeaders where !header.name.hasPrefix(":") {
             let name = header.name.lowercased()
             if header.redacted || name == "authorization" || name == "content-length" { continue }
-            regular.append((name, String(decoding: header.value, as: UTF8.self)))
+            regular.append((name, header.wireValue))
         }
         if let token {
             regular.append(("authorization", token.authorization(at: Int(WallClock.nowNanos() / 1_000_000_000))))

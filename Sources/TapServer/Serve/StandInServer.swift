@@ -170,6 +170,7 @@ final class StandInStreamHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.warning("stream error; resetting the call", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }
 
@@ -218,7 +219,7 @@ final class StandInStreamHandler: ChannelInboundHandler {
         var pseudo: [(String, String)] = []
         var regular: [(String, String)] = []
         for field in fields where !field.redacted {
-            let value = String(decoding: field.value, as: UTF8.self)
+            let value = field.wireValue
             if field.name.hasPrefix(":") {
                 if status, field.name == ":status" { pseudo.append((field.name, value)) }
             } else {
