@@ -241,6 +241,40 @@ struct RecordReplayTests {
         #expect(session.endedInOrder)
     }
 
+    @Test("a write error (file size limit, as on a full disk) stops the recording with one log line; traffic goes on")
+    func writeFailureStopsRecording() async throws {
+        try Peers.requirePython()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let hgitaly = try await Self.startHGitaly(dir)
+        defer { hgitaly.stop() }
+        let recording = dir.file("full.gtap")
+        let limit = 3 << 20
+        let tap = try PeerProcess(
+            "/usr/bin/prlimit",
+            ["--fsize=\(limit)", try Peers.tapExecutable(), "proxy", "--listen", "unix:" + dir.file("tap.sock"),
+             "--upstream", "unix:" + dir.file("hg.sock"), "--spans", dir.file("spans.jsonl"), "--record", recording,
+             "--log-format", "json"],
+            dir: dir, name: "tap")
+        try await tap.waitForFile(dir.file("tap.sock"))
+        let args = ["--calls", "RepositoryExists,GetArchive,CountCommits,FindAllBranches"]
+        let tapped = try await Self.client("unix:" + dir.file("tap.sock"), args)
+        let direct = try await Self.client("unix:" + dir.file("hg.sock"), args)
+        let again = try await Self.client("unix:" + dir.file("tap.sock"), args)
+        tap.stop()
+        #expect(tapped.status == 0, "\(tapped.stderr)")
+        #expect(tapped.stdout == direct.stdout)
+        #expect(again.stdout == direct.stdout, "the tap still forwards after the recording failed")
+        let stopped = tap.stderr.split(separator: "\n").filter { $0.contains("recording stopped") }
+        #expect(stopped.count == 1, "\(tap.stderr)")
+        #expect(stopped.first?.contains("File too large") == true, "\(tap.stderr)")
+        let size = try FileManager.default.attributesOfItem(atPath: recording)[.size] as! Int
+        #expect(size <= limit)
+        let session = try RecordedSession.load(path: recording)
+        #expect(session.calls.first?.path == "/gitaly.RepositoryService/RepositoryExists")
+        #expect(!session.endedInOrder)
+    }
+
     @Test("replay signs authorization with the shared secret; a server checking it with its own HMAC accepts it")
     func replaySignsToken() async throws {
         try Peers.requirePython()

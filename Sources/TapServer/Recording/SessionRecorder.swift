@@ -6,6 +6,10 @@ import TapRecord
 import TapTrace
 import TapWire
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Settings of `proxy --record`.
 public struct RecordingOptions: Sendable {
     /// The first file; later files are `PATH.1`, `PATH.2`, ...
@@ -72,6 +76,9 @@ public final class SessionRecorder: Sendable {
             throw ProxyStartError(description: "\(error.description) (--record)")
         }
         writer.blockDelay = options.blockDelay
+        // Past a file-size limit (RLIMIT_FSIZE) the kernel would kill the process with SIGXFSZ; ignored, the write
+        // fails with EFBIG instead and only the recording stops, like on a full disk.
+        signal(SIGXFSZ, SIG_IGN)
         output = Mutex(Output(writer: writer, encoder: EventEncoder(limits: options.limits)))
         pool = NIOThreadPool(numberOfThreads: 1)
         pool.start()
