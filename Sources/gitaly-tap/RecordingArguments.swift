@@ -3,12 +3,14 @@ import TapRecord
 import TapServer
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `proxy` options of `--record` (docs/recording.md).
 struct RecordingArguments: ParsableArguments {
-    @Option(name: .customLong("record"), help: "Record the session to this file (mode 0600; later files FILE.1, FILE.2, ...).")
+    @Option(
+        name: .customLong("record"),
+        help: "Record the session to this file (mode 0600; later files FILE.1, FILE.2, ...).")
     var path: String?
 
     @Option(help: "Payload bytes stored per gRPC message; longer messages keep their length and first bytes.")
@@ -37,7 +39,9 @@ struct RecordingArguments: ParsableArguments {
         guard recordMaxMessageBytes >= 0, recordMaxSidechannelBytes >= 0 else {
             throw ValidationError("--record-max-message-bytes and --record-max-sidechannel-bytes must not be negative")
         }
-        guard recordMaxFileBytes >= 64 * 1024 else { throw ValidationError("--record-max-file-bytes must be at least 65536") }
+        guard recordMaxFileBytes >= 64 * 1024 else {
+            throw ValidationError("--record-max-file-bytes must be at least 65536")
+        }
         guard recordMaxFiles >= 1 else { throw ValidationError("--record-max-files must be at least 1") }
         var limits = RecordingLimits()
         limits.maxMessageBytes = recordMaxMessageBytes
@@ -49,7 +53,9 @@ struct RecordingArguments: ParsableArguments {
         var options = RecordingOptions(path: path, limits: limits)
         options.maxQueuedBytes = recordMaxQueueBytes
         // A slow disk on demand, for tests of recording under pressure (docs/recording.md).
-        if let text = getenv("GITALY_TAP_RECORD_BLOCK_DELAY_MS").map({ String(cString: $0) }), let ms = Int(text), ms > 0 {
+        if let text = getenv("GITALY_TAP_RECORD_BLOCK_DELAY_MS").map({ String(cString: $0) }), let ms = Int(text),
+            ms > 0
+        {
             options.blockDelay = .milliseconds(ms)
         }
         return options

@@ -1,10 +1,10 @@
 import ArgumentParser
-import TapRecord
 import NIOPosix
+import TapRecord
 import TapServer
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Writes `text` to standard output in full.
@@ -61,7 +61,8 @@ struct Inspect: AsyncParsableCommand {
 
 struct Replay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Send a recording's calls to a Gitaly and compare its answers with the recorded ones (exit 0 only when all match)."
+        abstract:
+            "Send a recording's calls to a Gitaly and compare its answers with the recorded ones (exit 0 only when all match)."
     )
 
     @Argument(help: "The recording (its first file; later files are followed).")
@@ -112,7 +113,8 @@ struct Replay: AsyncParsableCommand {
         } catch let error as ReplayError {
             throw fail(error.description)
         }
-        writeStdout(ReplayReport.text(outcomes, file: file, target: target, rate: options.rate, concurrency: concurrency))
+        writeStdout(
+            ReplayReport.text(outcomes, file: file, target: target, rate: options.rate, concurrency: concurrency))
         if !ReplayReport.allMatched(outcomes) { throw ExitCode(1) }
     }
 }
@@ -160,7 +162,8 @@ struct Serve: AsyncParsableCommand {
             throw fail("--listen: \(error)")
         }
         let session = try loadRecording(file)
-        let server = StandInServer(session: session, listen: address, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        let server = StandInServer(
+            session: session, listen: address, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         do {
             try await server.start()
         } catch let error as ProxyStartError {

@@ -3,10 +3,13 @@ import TapRecord
 import TapWire
 import Testing
 
-private func call(responses: [[UInt8]], lengths: [Int]? = nil, status: String = "0", message: String = "") -> RecordedCall {
+private func call(responses: [[UInt8]], lengths: [Int]? = nil, status: String = "0", message: String = "")
+    -> RecordedCall
+{
     var c = RecordedCall(id: 1, connection: 1, path: "/a.B/C", startTime: 0, fromGitaly: false, requestHeaders: [])
     c.responses = responses.enumerated().map { i, bytes in
-        RecordedMessage(time: 0, compressed: false, length: lengths?[i] ?? bytes.count, payload: ByteBuffer(bytes: bytes))
+        RecordedMessage(
+            time: 0, compressed: false, length: lengths?[i] ?? bytes.count, payload: ByteBuffer(bytes: bytes))
     }
     c.trailers = [RecordedHeader(name: "grpc-status", value: Array(status.utf8))]
     if !message.isEmpty { c.trailers!.append(RecordedHeader(name: "grpc-message", value: Array(message.utf8))) }
@@ -26,7 +29,8 @@ private func answer(_ messages: [[UInt8]], status: Int? = 0, message: String = "
 
     @Test("a different status is named with both names and the new message")
     func status() {
-        let d = CallComparison.differences(recorded: call(responses: []), replayed: answer([], status: 5, message: "gone"))
+        let d = CallComparison.differences(
+            recorded: call(responses: []), replayed: answer([], status: 5, message: "gone"))
         #expect(d == ["status: recorded OK, replayed NOT_FOUND (gone)"])
     }
 
@@ -37,10 +41,16 @@ private func answer(_ messages: [[UInt8]], status: Int? = 0, message: String = "
         let d = CallComparison.differences(recorded: recorded, replayed: answer([[0x08, 6, 0x12, 2, 0x61, 0x63]]))
         #expect(d.count == 2)
         #expect(d[0] == "response messages: recorded 2, replayed 1")
-        #expect(d[1] == "response message 0: same length (6 bytes), content differs; first difference at byte 5 (field 2[0]: \"ab\" vs \"ac\")")
+        #expect(
+            d[1]
+                == "response message 0: same length (6 bytes), content differs; first difference at byte 5 (field 2[0]: \"ab\" vs \"ac\")"
+        )
         let nested = CallComparison.differences(
             recorded: call(responses: [[0x0A, 2, 0x08, 6]]), replayed: answer([[0x0A, 2, 0x08, 7]]))
-        #expect(nested == ["response message 0: same length (4 bytes), content differs; first difference at byte 3 (field 1[0] > field 1[0]: 6 vs 7)"])
+        #expect(
+            nested == [
+                "response message 0: same length (4 bytes), content differs; first difference at byte 3 (field 1[0] > field 1[0]: 6 vs 7)"
+            ])
     }
 
     @Test("a recorded message cut at the cap matches on its stored bytes and its length")
@@ -53,8 +63,12 @@ private func answer(_ messages: [[UInt8]], status: Int? = 0, message: String = "
 
     @Test("an answer without a status is reported with how it ended")
     func failure() {
-        let a = ReplayAnswer(status: nil, statusMessage: "", messages: [], failure: "the target reset the stream", duration: 1)
-        #expect(CallComparison.differences(recorded: call(responses: []), replayed: a) == ["no status: the target reset the stream (recorded OK)"])
+        let a = ReplayAnswer(
+            status: nil, statusMessage: "", messages: [], failure: "the target reset the stream", duration: 1)
+        #expect(
+            CallComparison.differences(recorded: call(responses: []), replayed: a) == [
+                "no status: the target reset the stream (recorded OK)"
+            ])
     }
 }
 
@@ -63,11 +77,16 @@ private func answer(_ messages: [[UInt8]], status: Int? = 0, message: String = "
     func callIdentity() {
         var encoder = EventEncoder(limits: RecordingLimits())
         let start = { (stream: UInt32, yamux: UInt32?, fromGitaly: Bool) in
-            WireEvent(.callStarted(path: "/a.B/C", headers: []), time: 1, streamID: stream, yamuxStreamID: yamux, fromGitaly: fromGitaly)
+            WireEvent(
+                .callStarted(path: "/a.B/C", headers: []), time: 1, streamID: stream, yamuxStreamID: yamux,
+                fromGitaly: fromGitaly)
         }
         var ids: [UInt64] = []
-        for (conn, event) in [(1, start(1, nil, false)), (2, start(1, nil, false)), (3, start(1, 1, false)), (3, start(1, 2, true))] {
-            for case .callStarted(let id, _, _, _, _, _, _, _) in encoder.records(for: event, connection: UInt64(conn)) { ids.append(id) }
+        for (conn, event) in [
+            (1, start(1, nil, false)), (2, start(1, nil, false)), (3, start(1, 1, false)), (3, start(1, 2, true)),
+        ] {
+            for case .callStarted(let id, _, _, _, _, _, _, _) in encoder.records(for: event, connection: UInt64(conn))
+            { ids.append(id) }
         }
         #expect(ids == [1, 2, 3, 4])
         let end = WireEvent(.callEnded(.trailers), time: 2, streamID: 1, yamuxStreamID: 2, fromGitaly: true)

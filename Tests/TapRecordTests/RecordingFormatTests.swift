@@ -17,7 +17,8 @@ private final class Dir {
 private let clock: @Sendable () -> UInt64 = { 1_700_000_000_000_000_000 }
 
 private func writer(_ path: String, _ limits: RecordingLimits = RecordingLimits()) throws -> RecordingWriter {
-    try RecordingWriter(path: path, limits: limits, listen: "unix:/l", upstream: "unix:/u", toolVersion: "test", clock: clock)
+    try RecordingWriter(
+        path: path, limits: limits, listen: "unix:/l", upstream: "unix:/u", toolVersion: "test", clock: clock)
 }
 
 private func event(_ kind: WireEvent.Kind, stream: UInt32 = 1, yamux: UInt32? = nil, time: UInt64 = 5) -> WireEvent {
@@ -25,7 +26,9 @@ private func event(_ kind: WireEvent.Kind, stream: UInt32 = 1, yamux: UInt32? = 
 }
 
 private func message(_ direction: Direction, _ bytes: [UInt8], length: Int? = nil) -> WireEvent.Kind {
-    .message(WireMessage(direction: direction, compressed: false, length: length ?? bytes.count, payload: ByteBuffer(bytes: bytes)))
+    .message(
+        WireMessage(
+            direction: direction, compressed: false, length: length ?? bytes.count, payload: ByteBuffer(bytes: bytes)))
 }
 
 /// A call with a binary request (all 256 byte values), a streamed answer and trailers.
@@ -43,12 +46,19 @@ private func sampleEvents() -> [WireEvent] {
         event(.responseHeaders([RawHeaderField(name: ":status", value: Array("200".utf8))])),
         event(message(.serverToClient, [1, 2, 3])),
         event(message(.serverToClient, [])),
-        event(.trailers([RawHeaderField(name: "grpc-status", value: Array("5".utf8)), RawHeaderField(name: "grpc-message", value: Array("not%20found".utf8))], trailersOnly: false)),
+        event(
+            .trailers(
+                [
+                    RawHeaderField(name: "grpc-status", value: Array("5".utf8)),
+                    RawHeaderField(name: "grpc-message", value: Array("not%20found".utf8)),
+                ], trailersOnly: false)),
         event(.callEnded(.trailers), time: 9),
     ]
 }
 
-private func record(_ events: [WireEvent], to path: String, limits: RecordingLimits = RecordingLimits()) throws -> RecordingWriter {
+private func record(_ events: [WireEvent], to path: String, limits: RecordingLimits = RecordingLimits()) throws
+    -> RecordingWriter
+{
     let w = try writer(path, limits)
     var encoder = EventEncoder(limits: limits)
     try w.append(.connectionOpened(connection: 1, time: 1, transport: "unix", peer: ""))
@@ -86,13 +96,15 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
     func fileMode() throws {
         let dir = try Dir()
         let path = dir.file("rec")
-        _ = FileManager.default.createFile(atPath: path, contents: Data("old".utf8), attributes: [.posixPermissions: 0o644])
+        _ = FileManager.default.createFile(
+            atPath: path, contents: Data("old".utf8), attributes: [.posixPermissions: 0o644])
         try record(sampleEvents(), to: path).finish()
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
     }
 
-    @Test("authorization never reaches the file, even if a decoder handed its value over; --redact withholds user names")
+    @Test(
+        "authorization never reaches the file, even if a decoder handed its value over; --redact withholds user names")
     func redaction() throws {
         let dir = try Dir()
         let path = dir.file("rec")
@@ -100,12 +112,15 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
         limits.redactPersonal = true
         let secret = "Bearer v2.deadbeefcafe.1700000000"
         let leaky = [
-            event(.callStarted(path: "/a.B/C", headers: [
-                RawHeaderField(name: "Authorization", value: Array(secret.utf8)),
-                RawHeaderField(name: "username", value: Array("alice-the-user".utf8)),
-                RawHeaderField(name: "user_id", value: Array("424242".utf8)),
-                RawHeaderField(name: "x-gitlab-correlation-id", value: Array("corr-1".utf8)),
-            ]))
+            event(
+                .callStarted(
+                    path: "/a.B/C",
+                    headers: [
+                        RawHeaderField(name: "Authorization", value: Array(secret.utf8)),
+                        RawHeaderField(name: "username", value: Array("alice-the-user".utf8)),
+                        RawHeaderField(name: "user_id", value: Array("424242".utf8)),
+                        RawHeaderField(name: "x-gitlab-correlation-id", value: Array("corr-1".utf8)),
+                    ]))
         ]
         try record(leaky, to: path, limits: limits).finish()
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
@@ -181,7 +196,12 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
             #expect(session.calls.count == 1)
             #expect(session.calls.first?.responses.count == 2)
             #expect(session.calls.first?.end == nil, "the torn callEnded must not be read")
-            #expect(session.tails.first?.tail == .torn(offset: UInt64(goodEnd), bytes: UInt64(cut - goodEnd), reason: session.tails.first.map { if case .torn(_, _, let r) = $0.tail { r } else { "" } } ?? ""))
+            #expect(
+                session.tails.first?.tail
+                    == .torn(
+                        offset: UInt64(goodEnd), bytes: UInt64(cut - goodEnd),
+                        reason: session.tails.first.map { if case .torn(_, _, let r) = $0.tail { r } else { "" } } ?? ""
+                    ))
         }
         let exact = dir.file("exact")
         try whole.prefix(goodEnd).write(to: URL(fileURLWithPath: exact))
@@ -247,7 +267,10 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
         limits.maxFiles = 2
         let w = try writer(path, limits)
         for i in 0..<100 {
-            try w.append(.message(call: 1, time: 1, direction: .clientToServer, compressed: false, length: 50, payload: ByteBuffer(bytes: [UInt8](repeating: UInt8(i), count: 50))))
+            try w.append(
+                .message(
+                    call: 1, time: 1, direction: .clientToServer, compressed: false, length: 50,
+                    payload: ByteBuffer(bytes: [UInt8](repeating: UInt8(i), count: 50))))
         }
         #expect(w.isStopped)
         #expect(w.files.count == 2)

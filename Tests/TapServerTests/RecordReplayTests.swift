@@ -14,7 +14,10 @@ struct RecordReplayTests {
     static func startHGitaly(_ dir: TempDir) async throws -> PeerProcess {
         let server = try PeerProcess(
             Peers.python,
-            [Peers.script("hgitaly_serve.py"), "--setup", "--root", dir.file("repos"), "--listen", "unix:" + dir.file("hg.sock")],
+            [
+                Peers.script("hgitaly_serve.py"), "--setup", "--root", dir.file("repos"), "--listen",
+                "unix:" + dir.file("hg.sock"),
+            ],
             dir: dir, name: "hgitaly")
         _ = try await server.waitReady(timeout: .seconds(120))
         return server
@@ -25,8 +28,10 @@ struct RecordReplayTests {
     {
         let tap = try PeerProcess(
             try Peers.tapExecutable(),
-            ["proxy", "--listen", "unix:" + dir.file("tap.sock"), "--upstream", "unix:" + dir.file("hg.sock"),
-             "--spans", dir.file("spans.jsonl"), "--record", record, "--log-format", "json"] + extra,
+            [
+                "proxy", "--listen", "unix:" + dir.file("tap.sock"), "--upstream", "unix:" + dir.file("hg.sock"),
+                "--spans", dir.file("spans.jsonl"), "--record", record, "--log-format", "json",
+            ] + extra,
             dir: dir, name: "tap", environment: environment)
         try await tap.waitForFile(dir.file("tap.sock"))
         return tap
@@ -41,7 +46,9 @@ struct RecordReplayTests {
     }
 
     static func jsonLines(_ text: String) -> [[String: Any]] {
-        text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        text.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
     }
 
     static func hg(_ dir: TempDir, _ args: [String]) async throws -> CommandResult {
@@ -52,7 +59,9 @@ struct RecordReplayTests {
         return result
     }
 
-    @Test("an HGitaly session recorded through the tap: inspect lists it, replay matches, serve answers alike, a new commit shows as precise differences")
+    @Test(
+        "an HGitaly session recorded through the tap: inspect lists it, replay matches, serve answers alike, a new commit shows as precise differences"
+    )
     func recordInspectReplayServe() async throws {
         try Peers.requirePython()
         let dir = try TempDir()
@@ -100,13 +109,16 @@ struct RecordReplayTests {
             #expect(call["statusName"] as? String == result["status"] as? String, "\(name)")
             #expect(call["responseMessages"] as? Int == result["messages"] as? Int, "\(name)")
             #expect(call["responseBytes"] as? Int == result["bytes"] as? Int, "\(name)")
-            #expect(call["requestHeaders"].flatMap { ($0 as? [String: Any])?["authorization"] as? String } == "[redacted]", "\(name)")
+            #expect(
+                call["requestHeaders"].flatMap { ($0 as? [String: Any])?["authorization"] as? String } == "[redacted]",
+                "\(name)")
         }
         let archive = try #require(calls.first { ($0["method"] as? String)?.hasSuffix("/GetArchive") == true })
         #expect((archive["responseBytes"] as? Int ?? 0) >= 16 << 20)
         #expect((archive["responseMessages"] as? Int ?? 0) > 1, "GetArchive streams many messages")
         let archiveMessages = lines.filter {
-            $0["type"] as? String == "message" && $0["call"] as? Int == archive["id"] as? Int && $0["direction"] as? String == "response"
+            $0["type"] as? String == "message" && $0["call"] as? Int == archive["id"] as? Int
+                && $0["direction"] as? String == "response"
         }
         let archiveBytes = archiveMessages.compactMap { ($0["payload"] as? String).flatMap { Data(base64Encoded: $0) } }
         #expect(archiveBytes.reduce(0) { $0 + $1.count } == archive["responseBytes"] as? Int)
@@ -116,49 +128,62 @@ struct RecordReplayTests {
         #expect(replay.status == 0, "\(replay.stdout)\n\(replay.stderr)")
         #expect(replay.stdout.contains("result: all 15 calls matched"), "\(replay.stdout)")
         #expect(replay.stdout.contains("latency (ms)"))
-        let fast = try await Self.tap(["replay", recording, "--target", "unix:" + dir.file("hg.sock"), "--rate", "max", "--concurrency", "4"])
+        let fast = try await Self.tap([
+            "replay", recording, "--target", "unix:" + dir.file("hg.sock"), "--rate", "max", "--concurrency", "4",
+        ])
         #expect(fast.status == 0, "\(fast.stdout)\n\(fast.stderr)")
 
         // serve: the same client gets the same answers from the stand-in.
         let serve = try PeerProcess(
-            try Peers.tapExecutable(), ["serve", recording, "--listen", "unix:" + dir.file("serve.sock"), "--log-format", "json"],
+            try Peers.tapExecutable(),
+            ["serve", recording, "--listen", "unix:" + dir.file("serve.sock"), "--log-format", "json"],
             dir: dir, name: "serve")
         defer { serve.stop() }
         try await serve.waitForFile(dir.file("serve.sock"))
         let served = try await Self.client("unix:" + dir.file("serve.sock"))
         #expect(served.status == 0, "\(served.stdout)\n\(served.stderr)")
         #expect(served.stdout == direct.stdout, "serve answers differ from HGitaly's")
-        let unknown = try await Self.client("unix:" + dir.file("serve.sock"), ["--calls", "RepositoryExists", "--repo", "other.git"])
+        let unknown = try await Self.client(
+            "unix:" + dir.file("serve.sock"), ["--calls", "RepositoryExists", "--repo", "other.git"])
         let unknownResult = try #require(Self.jsonLines(unknown.stdout).first)
         #expect(unknownResult["status"] as? String == "UNIMPLEMENTED")
         #expect(
             (unknownResult["details"] as? String ?? "").hasPrefix(
-                "gitaly-tap serve: no recorded call of /gitaly.RepositoryService/RepositoryExists had these request messages"),
+                "gitaly-tap serve: no recorded call of /gitaly.RepositoryService/RepositoryExists had these request messages"
+            ),
             "\(unknownResult)")
         serve.stop()
 
         // A new commit upstream: replay names the calls and the fields that changed.
         let count = try #require(
-            (expected.first { $0["call"] as? String == "CountCommits" }?["summary"] as? [String: Any])?["count"] as? Int)
+            (expected.first { $0["call"] as? String == "CountCommits" }?["summary"] as? [String: Any])?["count"] as? Int
+        )
         _ = try await Self.hg(dir, ["update", "-q", "default"])
         try Data("new\n".utf8).write(to: URL(fileURLWithPath: dir.file("repos/proj.hg/newfile.txt")))
         _ = try await Self.hg(dir, ["commit", "-q", "-A", "-m", "a new commit", "-d", "2024-01-01 00:00:00 +0000"])
         let node = try await Self.hg(dir, ["log", "-r", "tip", "-T", "{node}"]).stdout
         #expect(node.count == 40)
-        let changed = try await Self.tap(["replay", recording, "--target", "unix:" + dir.file("hg.sock"), "--rate", "max"])
+        let changed = try await Self.tap([
+            "replay", recording, "--target", "unix:" + dir.file("hg.sock"), "--rate", "max",
+        ])
         #expect(changed.status == 1, "\(changed.stdout)\n\(changed.stderr)")
         let report = changed.stdout
         func differences(_ method: String) -> String {
             let lines = report.split(separator: "\n", omittingEmptySubsequences: false)
-            guard let at = lines.firstIndex(where: { $0.hasPrefix("DIFFERS ") && $0.hasSuffix(method + ":") }) else { return "" }
+            guard let at = lines.firstIndex(where: { $0.hasPrefix("DIFFERS ") && $0.hasSuffix(method + ":") }) else {
+                return ""
+            }
             return lines[(at + 1)...].prefix { $0.hasPrefix("    ") }.joined(separator: "\n")
         }
-        #expect(differences("/gitaly.CommitService/CountCommits").contains("field 1[0]: \(count) vs \(count + 1)"), "\(report)")
+        #expect(
+            differences("/gitaly.CommitService/CountCommits").contains("field 1[0]: \(count) vs \(count + 1)"),
+            "\(report)")
         #expect(differences("/gitaly.CommitService/FindCommits").contains(node), "\(report)")
         #expect(differences("/gitaly.CommitService/ListFiles").contains("\"newfile.txt\""), "\(report)")
         #expect(differences("/gitaly.RefService/FindAllBranches").contains(node), "\(report)")
         #expect(differences("/gitaly.RepositoryService/RepositoryExists").isEmpty, "\(report)")
-        #expect(differences("/gitaly.RepositoryService/GetArchive").isEmpty, "the archive is of a fixed commit: \(report)")
+        #expect(
+            differences("/gitaly.RepositoryService/GetArchive").isEmpty, "the archive is of a fixed commit: \(report)")
         #expect(report.contains("calls did not match"))
     }
 
@@ -173,8 +198,11 @@ struct RecordReplayTests {
         for attempt in 0..<3 where !torn {
             let recording = dir.file("killed\(attempt).gtap")
             // A slow disk keeps the writer busy, so the kill lands inside the recording of the archive.
-            let tap = try await Self.startTap(dir, record: recording, environment: ["GITALY_TAP_RECORD_BLOCK_DELAY_MS": "5"])
-            let client = Task { try await Self.client("unix:" + dir.file("tap.sock"), ["--calls", "RepositoryExists,GetArchive"]) }
+            let tap = try await Self.startTap(
+                dir, record: recording, environment: ["GITALY_TAP_RECORD_BLOCK_DELAY_MS": "5"])
+            let client = Task {
+                try await Self.client("unix:" + dir.file("tap.sock"), ["--calls", "RepositoryExists,GetArchive"])
+            }
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
                 let size = (try? FileManager.default.attributesOfItem(atPath: recording)[.size] as? Int) ?? 0
@@ -237,7 +265,10 @@ struct RecordReplayTests {
         #expect(stopped.count == 1, "\(tap.stderr)")
         #expect(stopped.first?.contains("disk too slow") == true)
         let session = try RecordedSession.load(path: recording)
-        #expect(session.notices.contains { $0.kind == .recordingStopped && $0.text.contains("fell more than 1048576 bytes behind") })
+        #expect(
+            session.notices.contains {
+                $0.kind == .recordingStopped && $0.text.contains("fell more than 1048576 bytes behind")
+            })
         #expect(session.endedInOrder)
     }
 
@@ -252,9 +283,11 @@ struct RecordReplayTests {
         let limit = 3 << 20
         let tap = try PeerProcess(
             "/usr/bin/prlimit",
-            ["--fsize=\(limit)", try Peers.tapExecutable(), "proxy", "--listen", "unix:" + dir.file("tap.sock"),
-             "--upstream", "unix:" + dir.file("hg.sock"), "--spans", dir.file("spans.jsonl"), "--record", recording,
-             "--log-format", "json"],
+            [
+                "--fsize=\(limit)", try Peers.tapExecutable(), "proxy", "--listen", "unix:" + dir.file("tap.sock"),
+                "--upstream", "unix:" + dir.file("hg.sock"), "--spans", dir.file("spans.jsonl"), "--record", recording,
+                "--log-format", "json",
+            ],
             dir: dir, name: "tap")
         try await tap.waitForFile(dir.file("tap.sock"))
         let args = ["--calls", "RepositoryExists,GetArchive,CountCommits,FindAllBranches"]
@@ -285,7 +318,8 @@ struct RecordReplayTests {
         let wrong = dir.file("wrong")
         try Data("not the secret".utf8).write(to: URL(fileURLWithPath: wrong))
         let server = try PeerProcess(
-            Peers.python, [Peers.script("auth_server.py"), "--listen", "unix:" + dir.file("auth.sock"), "--secret-file", secret],
+            Peers.python,
+            [Peers.script("auth_server.py"), "--listen", "unix:" + dir.file("auth.sock"), "--secret-file", secret],
             dir: dir, name: "auth")
         defer { server.stop() }
         _ = try await server.waitReady()
@@ -297,15 +331,22 @@ struct RecordReplayTests {
         let field = { (name: String, value: String) in RecordedHeader(name: name, value: Array(value.utf8)) }
         for record: SessionRecord in [
             .callStarted(
-                call: 1, connection: 1, time: 1, streamID: 1, yamuxStreamID: nil, fromGitaly: false, path: "/test.Auth/Check",
+                call: 1, connection: 1, time: 1, streamID: 1, yamuxStreamID: nil, fromGitaly: false,
+                path: "/test.Auth/Check",
                 headers: [
-                    field(":method", "POST"), field(":path", "/test.Auth/Check"), field("content-type", "application/grpc"),
+                    field(":method", "POST"), field(":path", "/test.Auth/Check"),
+                    field("content-type", "application/grpc"),
                     field("te", "trailers"), RecordedHeader(name: "authorization", value: [], redacted: true),
                 ]),
-            .message(call: 1, time: 2, direction: .clientToServer, compressed: false, length: 5, payload: ByteBuffer(string: "hello")),
+            .message(
+                call: 1, time: 2, direction: .clientToServer, compressed: false, length: 5,
+                payload: ByteBuffer(string: "hello")),
             .requestEnded(call: 1, time: 2),
-            .responseHeaders(call: 1, time: 3, headers: [field(":status", "200"), field("content-type", "application/grpc")]),
-            .message(call: 1, time: 3, direction: .serverToClient, compressed: false, length: 5, payload: ByteBuffer(string: "hello")),
+            .responseHeaders(
+                call: 1, time: 3, headers: [field(":status", "200"), field("content-type", "application/grpc")]),
+            .message(
+                call: 1, time: 3, direction: .serverToClient, compressed: false, length: 5,
+                payload: ByteBuffer(string: "hello")),
             .trailers(call: 1, time: 4, trailersOnly: false, headers: [field("grpc-status", "0")]),
             .callEnded(call: 1, time: 4, end: .trailers),
         ] {
@@ -319,7 +360,10 @@ struct RecordReplayTests {
         #expect(signed.stdout.contains("result: all 1 calls matched"))
         let unsigned = try await Self.tap(["replay", recording, "--target", target])
         #expect(unsigned.status == 1)
-        #expect(unsigned.stdout.contains("status: recorded OK, replayed UNAUTHENTICATED (auth_server: no authorization metadata)"), "\(unsigned.stdout)")
+        #expect(
+            unsigned.stdout.contains(
+                "status: recorded OK, replayed UNAUTHENTICATED (auth_server: no authorization metadata)"),
+            "\(unsigned.stdout)")
         let badly = try await Self.tap(["replay", recording, "--target", target, "--token-file", wrong])
         #expect(badly.status == 1)
         #expect(badly.stdout.contains("auth_server: bad signature"), "\(badly.stdout)")
@@ -328,22 +372,28 @@ struct RecordReplayTests {
 
 extension RecordReplayTests {
     /// Streaming shapes HGitaly does not serve: client streaming, bidi, a 5 MiB upload, Trailers-Only, metadata.
-    static let echoScenarios = ["unary", "unary_large", "client_stream", "server_stream", "bidi", "metadata", "error", "trailers_only"]
+    static let echoScenarios = [
+        "unary", "unary_large", "client_stream", "server_stream", "bidi", "metadata", "error", "trailers_only",
+    ]
 
-    @Test("echo calls of every streaming shape (5 MiB upload, client stream, bidi) replay matched; serve answers them alike")
+    @Test(
+        "echo calls of every streaming shape (5 MiB upload, client stream, bidi) replay matched; serve answers them alike"
+    )
     func echoShapes() async throws {
         try Peers.requirePython()
         let dir = try TempDir()
         defer { dir.cleanup() }
         let echo = try PeerProcess(
-            Peers.python, [Peers.script("echo_server.py"), "--listen", "unix:" + dir.file("hg.sock")], dir: dir, name: "echo")
+            Peers.python, [Peers.script("echo_server.py"), "--listen", "unix:" + dir.file("hg.sock")], dir: dir,
+            name: "echo")
         defer { echo.stop() }
         _ = try await echo.waitReady()
         let recording = dir.file("echo.gtap")
         // The 5 MiB messages are kept whole (the default cap is 4 MiB), so they can be sent and served again.
         let tap = try await Self.startTap(dir, record: recording, extra: ["--record-max-message-bytes", "\(8 << 20)"])
         func run(_ target: String, _ scenario: String) async throws -> CommandResult {
-            try await runCommand(Peers.python, [Peers.script("echo_client.py"), "--target", target, "--scenario", scenario])
+            try await runCommand(
+                Peers.python, [Peers.script("echo_client.py"), "--target", target, "--scenario", scenario])
         }
         var direct: [String: String] = [:]
         for scenario in Self.echoScenarios {
@@ -356,16 +406,21 @@ extension RecordReplayTests {
         let secret = dir.file("secret")
         try Data("any".utf8).write(to: URL(fileURLWithPath: secret))
         // The echo server lists the metadata keys it got: `authorization` is among them only when re-signed.
-        let replay = try await Self.tap(["replay", recording, "--target", "unix:" + dir.file("hg.sock"), "--token-file", secret])
+        let replay = try await Self.tap([
+            "replay", recording, "--target", "unix:" + dir.file("hg.sock"), "--token-file", secret,
+        ])
         #expect(replay.status == 0, "\(replay.stdout)\n\(replay.stderr)")
         #expect(replay.stdout.contains("result: all \(Self.echoScenarios.count) calls matched"), "\(replay.stdout)")
-        let unsigned = try await Self.tap(["replay", recording, "--target", "unix:" + dir.file("hg.sock"), "--rate", "max"])
+        let unsigned = try await Self.tap([
+            "replay", recording, "--target", "unix:" + dir.file("hg.sock"), "--rate", "max",
+        ])
         #expect(unsigned.status == 1)
         #expect(unsigned.stdout.contains("DIFFERS #6 /taptest.Echo/Unary:"), "\(unsigned.stdout)")
         #expect(unsigned.stdout.contains("1 of \(Self.echoScenarios.count) calls did not match"), "\(unsigned.stdout)")
 
         let serve = try PeerProcess(
-            try Peers.tapExecutable(), ["serve", recording, "--listen", "unix:" + dir.file("serve.sock"), "--log-format", "json"],
+            try Peers.tapExecutable(),
+            ["serve", recording, "--listen", "unix:" + dir.file("serve.sock"), "--log-format", "json"],
             dir: dir, name: "serve")
         defer { serve.stop() }
         try await serve.waitForFile(dir.file("serve.sock"))
@@ -383,10 +438,14 @@ extension RecordReplayTests {
     @Test("HMAC-SHA256 matches RFC 4231 test cases 1, 2 and 6 (key longer than a block)")
     func rfc4231() {
         #expect(
-            hex(HMACSHA256.authenticationCode(key: [UInt8](repeating: 0x0B, count: 20), message: Array("Hi There".utf8)))
+            hex(
+                HMACSHA256.authenticationCode(key: [UInt8](repeating: 0x0B, count: 20), message: Array("Hi There".utf8))
+            )
                 == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
         #expect(
-            hex(HMACSHA256.authenticationCode(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8)))
+            hex(
+                HMACSHA256.authenticationCode(
+                    key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8)))
                 == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
         #expect(
             hex(

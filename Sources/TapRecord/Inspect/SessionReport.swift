@@ -14,7 +14,8 @@ public enum SessionReport {
         if let first = session.segments.first {
             out.append(
                 "  listen \(first.listen) → upstream \(first.upstream); caps: \(first.maxMessageBytes) B per message, "
-                    + "\(first.maxFileBytes) B per file; personal metadata redacted: \(first.personalMetadataRedacted ? "yes" : "no")")
+                    + "\(first.maxFileBytes) B per file; personal metadata redacted: \(first.personalMetadataRedacted ? "yes" : "no")"
+            )
         }
         let calls = session.calls
         out.append(
@@ -22,7 +23,8 @@ public enum SessionReport {
                 + "notices: \(session.notices.count)")
         out.append("")
         out.append(
-            pad("method", 48) + lpad("calls", 6) + "  " + pad("statuses", 26) + lpad("req msgs", 9) + lpad("req bytes", 12)
+            pad("method", 48) + lpad("calls", 6) + "  " + pad("statuses", 26) + lpad("req msgs", 9)
+                + lpad("req bytes", 12)
                 + lpad("resp msgs", 10) + lpad("resp bytes", 12) + lpad("p50 ms", 10) + lpad("max ms", 10))
         var order: [String] = []
         var byMethod: [String: [RecordedCall]] = [:]
@@ -65,7 +67,8 @@ public enum SessionReport {
             for sc in session.sidechannels {
                 out.append(
                     "  #\(sc.id) id \(sc.sidechannelID) conn \(sc.connection): to server \(sc.bytesToServer) B, to client "
-                        + "\(sc.bytesToClient) B\(sc.cut ? " (cut: stored \(sc.storedToServer)/\(sc.storedToClient) B)" : "")")
+                        + "\(sc.bytesToClient) B\(sc.cut ? " (cut: stored \(sc.storedToServer)/\(sc.storedToClient) B)" : "")"
+                )
             }
         }
         if !session.notices.isEmpty {
@@ -105,7 +108,8 @@ public enum SessionReport {
                     ("sessionId", JSONText.string(s.sessionID.map { String(format2: $0) }.joined())),
                     ("index", "\(s.index)"), ("created", "\(s.createdTime)"), ("listen", JSONText.string(s.listen)),
                     ("upstream", JSONText.string(s.upstream)), ("maxMessageBytes", "\(s.maxMessageBytes)"),
-                    ("maxFileBytes", "\(s.maxFileBytes)"), ("personalMetadataRedacted", "\(s.personalMetadataRedacted)"),
+                    ("maxFileBytes", "\(s.maxFileBytes)"),
+                    ("personalMetadataRedacted", "\(s.personalMetadataRedacted)"),
                 ]
             }
             write(JSONText.object(fields))
@@ -135,7 +139,8 @@ public enum SessionReport {
                         JSONText.object([
                             ("type", JSONText.string("message")), ("call", "\(call.id)"),
                             ("direction", JSONText.string(direction)), ("index", "\(i)"), ("timeUnixNano", "\(m.time)"),
-                            ("compressed", "\(m.compressed)"), ("length", "\(m.length)"), ("truncated", "\(m.truncated)"),
+                            ("compressed", "\(m.compressed)"), ("length", "\(m.length)"),
+                            ("truncated", "\(m.truncated)"),
                             ("payload", JSONText.string(JSONText.base64(m.payload.readableBytesView))),
                         ]))
                 }
@@ -200,8 +205,12 @@ public enum SessionReport {
         return "\(micros / 1000)." + String(repeating: "0", count: 3 - "\(frac)".count) + "\(frac)"
     }
 
-    static func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
-    static func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? " " + s : String(repeating: " ", count: n - s.count) + s }
+    static func pad(_ s: String, _ n: Int) -> String {
+        s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count)
+    }
+    static func lpad(_ s: String, _ n: Int) -> String {
+        s.count >= n ? " " + s : String(repeating: " ", count: n - s.count) + s
+    }
 }
 
 extension String {

@@ -43,7 +43,8 @@ public struct RecordedCall: Sendable {
     public var end: GRPCCallRecord.End?
 
     public init(
-        id: UInt64, connection: UInt64, path: String, startTime: UInt64, fromGitaly: Bool, requestHeaders: [RecordedHeader]
+        id: UInt64, connection: UInt64, path: String, startTime: UInt64, fromGitaly: Bool,
+        requestHeaders: [RecordedHeader]
     ) {
         self.id = id
         self.connection = connection
@@ -144,7 +145,11 @@ public struct RecordedSession: Sendable {
             case .message(let id, let time, let direction, let compressed, let length, let payload):
                 guard let i = index[id] else { continue }
                 let message = RecordedMessage(time: time, compressed: compressed, length: Int(length), payload: payload)
-                if direction == .clientToServer { calls[i].requests.append(message) } else { calls[i].responses.append(message) }
+                if direction == .clientToServer {
+                    calls[i].requests.append(message)
+                } else {
+                    calls[i].responses.append(message)
+                }
             case .requestEnded(let id, let time):
                 if let i = index[id] { calls[i].requestEndTime = time }
             case .trailers(let id, _, let only, let headers):
@@ -159,7 +164,8 @@ public struct RecordedSession: Sendable {
                 }
             case .sidechannelOpened(let id, let connection, let time, _, let scID):
                 sidechannelIndex[id] = sidechannels.count
-                sidechannels.append(RecordedSidechannel(id: id, connection: connection, sidechannelID: scID, openTime: time))
+                sidechannels.append(
+                    RecordedSidechannel(id: id, connection: connection, sidechannelID: scID, openTime: time))
             case .sidechannelData(let id, _, let direction, let payload):
                 guard let i = sidechannelIndex[id] else { continue }
                 if direction == .clientToServer {

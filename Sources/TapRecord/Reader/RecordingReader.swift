@@ -1,9 +1,9 @@
 import NIOCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// How a recording file ended.
@@ -44,7 +44,8 @@ public final class RecordingReader {
         fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw RecordFormatError("cannot open \(path): \(String(cString: strerror(errno)))") }
 
-        guard fill(RecordFormat.fileHeaderSize), let header = buffer.readBytes(length: RecordFormat.fileHeaderSize) else {
+        guard fill(RecordFormat.fileHeaderSize), let header = buffer.readBytes(length: RecordFormat.fileHeaderSize)
+        else {
             throw RecordFormatError("\(path) is not a gitaly-tap recording: shorter than the 16-byte header")
         }
         guard Array(header[0..<8]) == RecordFormat.magic else {
@@ -53,7 +54,8 @@ public final class RecordingReader {
         let major = UInt16(header[8]) << 8 | UInt16(header[9])
         guard major == RecordFormat.majorVersion else {
             throw RecordFormatError(
-                "\(path) is a recording of format version \(major); this gitaly-tap reads version \(RecordFormat.majorVersion)")
+                "\(path) is a recording of format version \(major); this gitaly-tap reads version \(RecordFormat.majorVersion)"
+            )
         }
         minorVersion = UInt16(header[10]) << 8 | UInt16(header[11])
         offset = UInt64(RecordFormat.fileHeaderSize)
@@ -143,7 +145,9 @@ public final class RecordingReader {
     ///
     /// - Returns: the records and how each file ended.
     /// - Throws: `RecordFormatError` when a file cannot be read or a record's body is inconsistent.
-    public static func readAll(path: String) throws(RecordFormatError) -> (records: [SessionRecord], tails: [(String, RecordTail)]) {
+    public static func readAll(path: String) throws(RecordFormatError) -> (
+        records: [SessionRecord], tails: [(String, RecordTail)]
+    ) {
         var records: [SessionRecord] = []
         var tails: [(String, RecordTail)] = []
         var current: String? = path
@@ -154,7 +158,8 @@ public final class RecordingReader {
             let reader = try RecordingReader(path: file)
             while let record = try reader.next() {
                 if case .segmentEnd(_, let next) = record {
-                    let dir = file.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+                    let dir = file.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(
+                        separator: "/")
                     let name = next.split(separator: "/").last.map(String.init) ?? next
                     current = dir.isEmpty ? name : dir + "/" + name
                 }

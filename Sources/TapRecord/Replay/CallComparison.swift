@@ -31,7 +31,9 @@ public enum CallComparison {
             out.append("no status: \(failure) (recorded \(call.statusName))")
         } else if answer.status != call.statusCode {
             let now = answer.status.map(GRPCStatusName.name) ?? "none"
-            out.append("status: recorded \(call.statusName), replayed \(now)\(answer.statusMessage.isEmpty ? "" : " (\(answer.statusMessage))")")
+            out.append(
+                "status: recorded \(call.statusName), replayed \(now)\(answer.statusMessage.isEmpty ? "" : " (\(answer.statusMessage))")"
+            )
         } else if answer.statusMessage != call.statusMessage {
             out.append("status message: recorded \(quote(call.statusMessage)), replayed \(quote(answer.statusMessage))")
         }
@@ -47,7 +49,9 @@ public enum CallComparison {
                     "response message \(i): recorded \(recorded.length) bytes, replayed \(now.count) bytes"
                         + firstDifference(stored, now, recordedTruncated: recorded.truncated))
             } else if stored != Array(now.prefix(stored.count)) {
-                out.append("response message \(i): same length (\(now.count) bytes), content differs" + firstDifference(stored, now, recordedTruncated: recorded.truncated))
+                out.append(
+                    "response message \(i): same length (\(now.count) bytes), content differs"
+                        + firstDifference(stored, now, recordedTruncated: recorded.truncated))
             }
         }
         return out

@@ -86,7 +86,9 @@ public struct EventEncoder: Sendable {
             return [.requestEnded(call: id, time: event.time)]
         case .trailers(let headers, let trailersOnly):
             guard let id = calls[key] else { return [] }
-            return [.trailers(call: id, time: event.time, trailersOnly: trailersOnly, headers: redaction.apply(headers))]
+            return [
+                .trailers(call: id, time: event.time, trailersOnly: trailersOnly, headers: redaction.apply(headers))
+            ]
         case .callEnded(let end):
             guard let id = calls.removeValue(forKey: key) else { return [] }
             return [.callEnded(call: id, time: event.time, end: end)]
@@ -95,7 +97,10 @@ public struct EventEncoder: Sendable {
             let id = nextSidechannel
             nextSidechannel += 1
             sidechannels[SidechannelKey(connection: connection, yamux: yamux)] = SidechannelState(id: id)
-            return [.sidechannelOpened(sidechannel: id, connection: connection, time: event.time, yamuxStreamID: yamux, id: scID)]
+            return [
+                .sidechannelOpened(
+                    sidechannel: id, connection: connection, time: event.time, yamuxStreamID: yamux, id: scID)
+            ]
         case .sidechannelData(let direction, let bytes):
             guard let yamux = event.yamuxStreamID,
                 var state = sidechannels[SidechannelKey(connection: connection, yamux: yamux)]
@@ -118,7 +123,9 @@ public struct EventEncoder: Sendable {
                 out.append(
                     .notice(
                         time: event.time, kind: .sidechannelCut,
-                        text: "sidechannel \(state.id): bytes past \(limits.maxSidechannelBytes) per direction are counted, not stored"))
+                        text:
+                            "sidechannel \(state.id): bytes past \(limits.maxSidechannelBytes) per direction are counted, not stored"
+                    ))
             }
             return out
         case .sidechannelEnded(let end):

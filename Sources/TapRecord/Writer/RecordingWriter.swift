@@ -1,9 +1,9 @@
 import NIOCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Why a recording file could not be opened or written, phrased for the log.
@@ -94,7 +94,9 @@ public final class RecordingWriter {
         guard !isStopped else { return }
         // Room is kept for the records that close a file (next-file pointer, stop notice, end marker).
         let size = UInt64(record.encodedSizeEstimate) + Self.closingReserve
-        if bytesInFile + size > limits.maxFileBytes, bytesInFile > UInt64(RecordFormat.fileHeaderSize) + Self.closingReserve {
+        if bytesInFile + size > limits.maxFileBytes,
+            bytesInFile > UInt64(RecordFormat.fileHeaderSize) + Self.closingReserve
+        {
             try rotate()
             guard !isStopped else { return }
         }
@@ -117,14 +119,16 @@ public final class RecordingWriter {
             appendRaw(
                 .notice(
                     time: clock(), kind: .recordingStopped,
-                    text: "recording stopped: \(limits.maxFiles) files of at most \(limits.maxFileBytes) bytes are full"))
+                    text: "recording stopped: \(limits.maxFiles) files of at most \(limits.maxFileBytes) bytes are full"
+                ))
             try flush()
             closeFile()
             isStopped = true
             return
         }
         let nextPath = Self.segmentPath(path, index: next)
-        appendRaw(.segmentEnd(time: clock(), nextFile: nextPath.split(separator: "/").last.map(String.init) ?? nextPath))
+        appendRaw(
+            .segmentEnd(time: clock(), nextFile: nextPath.split(separator: "/").last.map(String.init) ?? nextPath))
         try flush()
         closeFile()
         info.index = UInt32(next)
@@ -209,7 +213,8 @@ extension SessionRecord {
         case .trailers(_, _, _, let headers), .responseHeaders(_, _, let headers):
             return headers.reduce(64) { $0 + $1.name.utf8.count + $1.value.count + 7 }
         case .notice(_, _, let text): return text.utf8.count + 32
-        case .segment(let info): return info.listen.utf8.count + info.upstream.utf8.count + info.toolVersion.utf8.count + 96
+        case .segment(let info):
+            return info.listen.utf8.count + info.upstream.utf8.count + info.toolVersion.utf8.count + 96
         default: return 128
         }
     }

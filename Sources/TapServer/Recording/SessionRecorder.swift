@@ -7,7 +7,7 @@ import TapTrace
 import TapWire
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Settings of `proxy --record`.
@@ -82,7 +82,8 @@ public final class SessionRecorder: Sendable {
         output = Mutex(Output(writer: writer, encoder: EventEncoder(limits: options.limits)))
         pool = NIOThreadPool(numberOfThreads: 1)
         pool.start()
-        logger.info("recording", metadata: ["file": "\(options.path)", "redact_personal": "\(options.limits.redactPersonal)"])
+        logger.info(
+            "recording", metadata: ["file": "\(options.path)", "redact_personal": "\(options.limits.redactPersonal)"])
     }
 
     /// False once recording has stopped: the caller should stop producing events.
@@ -92,7 +93,9 @@ public final class SessionRecorder: Sendable {
     public var recordsWritten: Int { written.load(ordering: .relaxed) }
 
     func connectionOpened(_ info: ConnectionInfo) {
-        _ = enqueue(.opened(connection: info.id, time: info.startTimeUnixNano, transport: info.transport, peer: info.peer), bytes: 0)
+        _ = enqueue(
+            .opened(connection: info.id, time: info.startTimeUnixNano, transport: info.transport, peer: info.peer),
+            bytes: 0)
     }
 
     /// Hands over a connection's events; false when recording has stopped.
@@ -117,7 +120,8 @@ public final class SessionRecorder: Sendable {
             guard !q.stopped else { return (false, false, false) }
             if q.bytes + bytes > options.maxQueuedBytes {
                 q.stopped = true
-                q.items.append(.stop("the writer fell more than \(options.maxQueuedBytes) bytes behind (disk too slow)"))
+                q.items.append(
+                    .stop("the writer fell more than \(options.maxQueuedBytes) bytes behind (disk too slow)"))
                 let schedule = !q.draining
                 q.draining = true
                 return (false, schedule, true)
@@ -169,7 +173,8 @@ public final class SessionRecorder: Sendable {
             for item in items {
                 switch item {
                 case .opened(let connection, let time, let transport, let peer):
-                    try writer.append(.connectionOpened(connection: connection, time: time, transport: transport, peer: peer))
+                    try writer.append(
+                        .connectionOpened(connection: connection, time: time, transport: transport, peer: peer))
                     count += 1
                 case .events(let connection, let events):
                     for event in events {
@@ -203,7 +208,8 @@ public final class SessionRecorder: Sendable {
         } catch {
             stopQueue()
             logger.error(
-                "recording stopped: \(error.description); traffic continues unrecorded", metadata: ["file": "\(options.path)"])
+                "recording stopped: \(error.description); traffic continues unrecorded",
+                metadata: ["file": "\(options.path)"])
             writer.abandon()
             out.writer = nil
         }
@@ -217,7 +223,8 @@ public final class SessionRecorder: Sendable {
         } catch {
             stopQueue()
             logger.error(
-                "recording stopped: \(error.description); traffic continues unrecorded", metadata: ["file": "\(options.path)"])
+                "recording stopped: \(error.description); traffic continues unrecorded",
+                metadata: ["file": "\(options.path)"])
             writer.abandon()
             out.writer = nil
         }

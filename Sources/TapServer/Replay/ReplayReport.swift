@@ -8,7 +8,9 @@ public enum ReplayReport {
         !outcomes.isEmpty && outcomes.allSatisfy(\.matched)
     }
 
-    public static func text(_ outcomes: [ReplayOutcome], file: String, target: String, rate: Double?, concurrency: Int) -> String {
+    public static func text(_ outcomes: [ReplayOutcome], file: String, target: String, rate: Double?, concurrency: Int)
+        -> String
+    {
         var out: [String] = []
         let pace = rate.map { $0 == 1 ? "recorded pace" : "recorded pace ×\($0)" } ?? "as fast as possible"
         out.append("replay of \(file) against \(target) (\(pace), concurrency \(concurrency))")
@@ -33,7 +35,9 @@ public enum ReplayReport {
         }
         if !pairs.isEmpty {
             out.append("")
-            out.append("latency (ms)" + String(repeating: " ", count: 36) + "calls  recorded p50  replayed p50  recorded max  replayed max")
+            out.append(
+                "latency (ms)" + String(repeating: " ", count: 36)
+                    + "calls  recorded p50  replayed p50  recorded max  replayed max")
             out.append(line("all calls", pairs))
             var order: [String] = []
             var groups: [String: [(String, UInt64, UInt64)]] = [:]

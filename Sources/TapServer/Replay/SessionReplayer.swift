@@ -74,7 +74,9 @@ public enum SessionReplayer {
                     let offset = Double(call.startTime >= origin ? call.startTime - origin : 0) / rate
                     try await Task.sleep(until: start + .nanoseconds(Int64(offset)), clock: clock)
                 }
-                tasks.addTask { (i, await send(call, multiplexer: multiplexer, loop: channel.eventLoop, options: options)) }
+                tasks.addTask {
+                    (i, await send(call, multiplexer: multiplexer, loop: channel.eventLoop, options: options))
+                }
                 running += 1
             }
             for try await (j, answer) in tasks { outcomes[j].answer = answer }
@@ -93,14 +95,17 @@ public enum SessionReplayer {
             return "its data travelled in a sidechannel, which needs a backchannel connection (not replayed yet)"
         }
         if let cut = call.requests.firstIndex(where: \.truncated) {
-            return "request message \(cut) was cut at the recording cap (\(call.requests[cut].payload.readableBytes) of \(call.requests[cut].length) bytes stored)"
+            return
+                "request message \(cut) was cut at the recording cap (\(call.requests[cut].payload.readableBytes) of \(call.requests[cut].length) bytes stored)"
         }
         if call.requestEndTime == nil { return "the recording does not hold the end of its request" }
         if call.requests.contains(where: \.compressed) { return "its request messages are compressed" }
         return nil
     }
 
-    static func connect(_ target: TapAddress, group: any EventLoopGroup) async throws -> (any Channel, NIOHTTP2Handler.StreamMultiplexer) {
+    static func connect(_ target: TapAddress, group: any EventLoopGroup) async throws -> (
+        any Channel, NIOHTTP2Handler.StreamMultiplexer
+    ) {
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
@@ -117,7 +122,9 @@ public enum SessionReplayer {
             switch target {
             case .unix(let path): channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
             case .tcp(let host, let port):
-                channel = try await bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1).connect(host: host, port: port).get()
+                channel = try await bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1).connect(
+                    host: host, port: port
+                ).get()
             case .tls:
                 throw ReplayError(description: "replay targets tls:// are not supported yet; use unix: or tcp://")
             }
@@ -148,7 +155,8 @@ public enum SessionReplayer {
     }
 
     static func send(
-        _ call: RecordedCall, multiplexer: NIOHTTP2Handler.StreamMultiplexer, loop: any EventLoop, options: ReplayOptions
+        _ call: RecordedCall, multiplexer: NIOHTTP2Handler.StreamMultiplexer, loop: any EventLoop,
+        options: ReplayOptions
     ) async
         -> ReplayAnswer
     {
@@ -169,7 +177,8 @@ public enum SessionReplayer {
             }.get()
             let answer = promise.futureResult
             let timeout = stream.eventLoop.scheduleTask(in: options.callTimeout) { stream.close(promise: nil) }
-            stream.write(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: messages.isEmpty)), promise: nil)
+            stream.write(
+                HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: messages.isEmpty)), promise: nil)
             for (i, message) in messages.enumerated() {
                 stream.write(
                     HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(message), endStream: i == messages.count - 1)),
@@ -182,7 +191,8 @@ public enum SessionReplayer {
             if let code = collected.reset {
                 failure = "the target reset the stream (\(code))"
             } else if collected.lost {
-                failure = "the stream closed before the answer ended (timeout \(options.callTimeout) or connection lost)"
+                failure =
+                    "the stream closed before the answer ended (timeout \(options.callTimeout) or connection lost)"
             } else if let malformed = collected.malformed {
                 failure = malformed
             } else if collected.status == nil {

@@ -97,7 +97,8 @@ public final class StandInServer: Sendable {
                         streamConfiguration: GRPCHTTP2Settings.stream
                     ) { stream in
                         stream.eventLoop.makeCompletedFuture {
-                            try stream.pipeline.syncOperations.addHandler(StandInStreamHandler(answers: answers, logger: logger))
+                            try stream.pipeline.syncOperations.addHandler(
+                                StandInStreamHandler(answers: answers, logger: logger))
                         }
                     }
                 }
@@ -123,7 +124,10 @@ public final class StandInServer: Sendable {
         channel.withLock { $0 = bound }
         logger.info(
             "serving recorded answers",
-            metadata: ["listen": "\(listen)", "calls": "\(answers.count)", "bound": "\(bound.localAddress.map { "\($0)" } ?? "?")"])
+            metadata: [
+                "listen": "\(listen)", "calls": "\(answers.count)",
+                "bound": "\(bound.localAddress.map { "\($0)" } ?? "?")",
+            ])
         return bound.localAddress!
     }
 
@@ -177,7 +181,10 @@ final class StandInStreamHandler: ChannelInboundHandler {
     private func writeStatusOnly(context: ChannelHandlerContext, code: Int, message: String) {
         let headers = HPACKHeaders(
             pseudo: [(":status", "200")],
-            regular: [("content-type", "application/grpc"), ("grpc-status", "\(code)"), ("grpc-message", Self.percentEncode(message))])
+            regular: [
+                ("content-type", "application/grpc"), ("grpc-status", "\(code)"),
+                ("grpc-message", Self.percentEncode(message)),
+            ])
         context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
     }
 
@@ -186,7 +193,8 @@ final class StandInStreamHandler: ChannelInboundHandler {
             let m = call.responses[cut]
             writeStatusOnly(
                 context: context, code: 15,
-                message: "gitaly-tap serve: recorded response message \(cut) of \(call.path) was cut at the recording cap "
+                message:
+                    "gitaly-tap serve: recorded response message \(cut) of \(call.path) was cut at the recording cap "
                     + "(\(m.payload.readableBytes) of \(m.length) bytes stored)")
             return
         }
@@ -196,7 +204,9 @@ final class StandInStreamHandler: ChannelInboundHandler {
             } else {
                 writeStatusOnly(
                     context: context, code: 14,
-                    message: "gitaly-tap serve: the recorded call of \(call.path) ended without a status (\(SessionReport.endName(call.end)))")
+                    message:
+                        "gitaly-tap serve: the recorded call of \(call.path) ended without a status (\(SessionReport.endName(call.end)))"
+                )
             }
             return
         }
@@ -205,13 +215,21 @@ final class StandInStreamHandler: ChannelInboundHandler {
             context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
             return
         }
-        context.write(wrapOutboundOut(.headers(.init(headers: Self.headers(call.responseHeaders ?? [], status: true)))), promise: nil)
+        context.write(
+            wrapOutboundOut(.headers(.init(headers: Self.headers(call.responseHeaders ?? [], status: true)))),
+            promise: nil)
         for message in call.responses {
             context.write(
-                wrapOutboundOut(.data(.init(data: .byteBuffer(GRPCHTTP2Settings.framed(message.payload, compressed: message.compressed))))),
+                wrapOutboundOut(
+                    .data(
+                        .init(
+                            data: .byteBuffer(GRPCHTTP2Settings.framed(message.payload, compressed: message.compressed))
+                        ))),
                 promise: nil)
         }
-        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: Self.headers(trailers, status: false), endStream: true))), promise: nil)
+        context.writeAndFlush(
+            wrapOutboundOut(.headers(.init(headers: Self.headers(trailers, status: false), endStream: true))),
+            promise: nil)
     }
 
     /// Recorded fields as HPACK headers, pseudo-headers first; `status` adds `:status: 200` when missing.
@@ -246,5 +264,5 @@ final class StandInStreamHandler: ChannelInboundHandler {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
