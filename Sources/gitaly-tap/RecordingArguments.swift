@@ -61,3 +61,15 @@ struct RecordingArguments: ParsableArguments {
         return options
     }
 }
+
+extension RecordingArguments {
+    /// The recording settings as configuration-file lines (for `proxy --check`).
+    var effectiveSettings: [String] {
+        guard let path else { return [] }
+        return [
+            "record = \"\(path)\"", "record_max_message_bytes = \(recordMaxMessageBytes)",
+            "record_max_sidechannel_bytes = \(recordMaxSidechannelBytes)", "record_max_file_bytes = \(recordMaxFileBytes)",
+            "record_max_files = \(recordMaxFiles)", "record_max_queue_bytes = \(recordMaxQueueBytes)", "redact = \(redact)",
+        ]
+    }
+}
