@@ -432,6 +432,63 @@ extension RecordReplayTests {
     }
 }
 
+extension RecordReplayTests {
+    @Test("a git clone over the backchannel is recorded with its sidechannel bytes; replay says why it skips that call")
+    func backchannelClone() async throws {
+        try GoPeers.require()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let bare = try await makeTestRepository(storage: dir.file("storage"), scratch: dir.path)
+        let upstream = try await GoPeers.startUpstream(in: dir, storage: dir.file("storage"))
+        defer { upstream.process.stop() }
+        let recording = dir.file("clone.gtap")
+        let tap = try PeerProcess(
+            try Peers.tapExecutable(),
+            [
+                "proxy", "--listen", "unix:" + dir.file("tap.sock"), "--upstream", upstream.unix, "--spans",
+                dir.file("spans.jsonl"), "--record", recording, "--redact", "--log-format", "json",
+            ],
+            dir: dir, name: "tap")
+        try await tap.waitForFile(dir.file("tap.sock"))
+        let ssh = GoPeers.sshCommand(
+            target: "unix:" + dir.file("tap.sock"), arguments: ["--stats", dir.file("shell.stats")])
+        try await gitOK(
+            ["clone", "-q", "ssh://git@gitaly/group/proj.git", dir.file("clone")],
+            environment: ["GIT_SSH_COMMAND": ssh, "GIT_SSH_VARIANT": "ssh"])
+        tap.stop()
+        _ = bare
+
+        let stats = try #require(GoPeers.jsonLines(dir.file("shell.stats")).first)
+        let session = try RecordedSession.load(path: recording)
+        #expect(session.endedInOrder)
+        let upload = try #require(session.calls.first { $0.path == "/gitaly.SSHService/SSHUploadPackWithSidechannel" })
+        #expect(upload.statusName == "OK")
+        #expect(upload.requestHeader("username")?.redacted == true, "--redact withholds the user name")
+        #expect(upload.requestHeader("user_id")?.redacted == true)
+        let sidechannel = try #require(session.sidechannels.first)
+        #expect(sidechannel.sidechannelID == Int64(stats["sidechannel_id"] as? Int ?? -1))
+        #expect(upload.requestHeader("gitaly-sidechannel-id")?.text == "\(sidechannel.sidechannelID)")
+        #expect(sidechannel.bytesToClient == UInt64(stats["sidechannel_read"] as? Int ?? -1))
+        #expect(sidechannel.bytesToServer == UInt64(stats["sidechannel_written"] as? Int ?? -1))
+        #expect(sidechannel.storedToClient == sidechannel.bytesToClient, "the pack is stored whole")
+        #expect(sidechannel.bytesToClient > 1_000_000)
+        #expect(!sidechannel.cut)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: recording))
+        #expect(bytes.range(of: Data("Bearer".utf8)) == nil)
+        #expect(bytes.range(of: Data("tap-tester".utf8)) == nil, "the redacted user name is not in the file")
+
+        let summary = try await Self.tap(["inspect", recording])
+        #expect(summary.stdout.contains("sidechannels:"), "\(summary.stdout)")
+        let replay = try await Self.tap(["replay", recording, "--target", upstream.unix, "--rate", "max"])
+        #expect(replay.status == 1)
+        #expect(
+            replay.stdout.contains(
+                "SKIPPED #\(upload.id) /gitaly.SSHService/SSHUploadPackWithSidechannel: its data travelled in a sidechannel"
+            ),
+            "\(replay.stdout)")
+    }
+}
+
 @Suite struct GitalyTokenTests {
     private func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
 
