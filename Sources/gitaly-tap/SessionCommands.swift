@@ -21,9 +21,9 @@ func writeStdout(_ text: String) {
 }
 
 /// Loads a recording or fails with one line.
-func loadRecording(_ path: String) throws -> RecordedSession {
+func loadRecording(_ path: String, keepPayloads: Bool = true) throws -> RecordedSession {
     do {
-        return try RecordedSession.load(path: path)
+        return try RecordedSession.load(path: path, keepPayloads: keepPayloads)
     } catch {
         throw fail(error.description)
     }
@@ -41,7 +41,8 @@ struct Inspect: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let session = try loadRecording(file)
+        // The summary needs message sizes, not their bytes.
+        let session = try loadRecording(file, keepPayloads: json)
         if json {
             var chunk = ""
             SessionReport.jsonLines(session) { line in

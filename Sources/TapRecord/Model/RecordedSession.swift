@@ -10,15 +10,19 @@ public struct RecordedMessage: Sendable {
     /// The stored bytes: all of them unless the message passed the recording's cap.
     public var payload: ByteBuffer
 
-    public init(time: UInt64, compressed: Bool, length: Int, payload: ByteBuffer) {
+    /// Bytes the recording holds (the payload's size, also when it was not loaded).
+    public var storedLength: Int
+
+    public init(time: UInt64, compressed: Bool, length: Int, payload: ByteBuffer, storedLength: Int? = nil) {
         self.time = time
         self.compressed = compressed
         self.length = length
         self.payload = payload
+        self.storedLength = storedLength ?? payload.readableBytes
     }
 
     /// True when the recording kept only the first bytes.
-    public var truncated: Bool { payload.readableBytes < length }
+    public var truncated: Bool { storedLength < length }
     /// The stored bytes as an array.
     public var bytes: [UInt8] { Array(payload.readableBytesView) }
 }
@@ -113,77 +117,85 @@ public struct RecordedSession: Sendable {
     /// Records of types this reader does not know (newer format), skipped.
     public var unknownRecords = 0
 
+    private var index: [UInt64: Int] = [:]
+    private var sidechannelIndex: [UInt64: Int] = [:]
+    private var keepPayloads = true
+
     public init() {}
 
-    /// Reads the recording starting at `path` (following its later files).
+    /// Reads the recording starting at `path` (following its later files), one record at a time.
     ///
+    /// - Parameter keepPayloads: false keeps message lengths but not their bytes (summaries of large recordings).
     /// - Throws: `RecordFormatError` when it cannot be read at all.
-    public static func load(path: String) throws(RecordFormatError) -> RecordedSession {
-        let (records, tails) = try RecordingReader.readAll(path: path)
-        var session = RecordedSession(records: records)
-        session.tails = tails
+    public static func load(path: String, keepPayloads: Bool = true) throws(RecordFormatError) -> RecordedSession {
+        var session = RecordedSession()
+        session.keepPayloads = keepPayloads
+        session.tails = try RecordingReader.forEachRecord(path: path) { session.add($0) }
         return session
     }
 
     /// Assembles `records` (in file order).
     public init(records: [SessionRecord]) {
-        var index: [UInt64: Int] = [:]
-        var sidechannelIndex: [UInt64: Int] = [:]
-        for record in records {
-            switch record {
-            case .segment(let info): segments.append(info)
-            case .connectionOpened(let c, let t, _, _): connections[c, default: (nil, nil)].opened = t
-            case .connectionClosed(let c, let t, _, _, _, _, _): connections[c, default: (nil, nil)].closed = t
-            case .callStarted(let id, let connection, let time, _, _, let fromGitaly, let path, let headers):
-                index[id] = calls.count
-                calls.append(
-                    RecordedCall(
-                        id: id, connection: connection, path: path, startTime: time, fromGitaly: fromGitaly,
-                        requestHeaders: headers))
-            case .responseHeaders(let id, _, let headers):
-                if let i = index[id] { calls[i].responseHeaders = headers }
-            case .message(let id, let time, let direction, let compressed, let length, let payload):
-                guard let i = index[id] else { continue }
-                let message = RecordedMessage(time: time, compressed: compressed, length: Int(length), payload: payload)
-                if direction == .clientToServer {
-                    calls[i].requests.append(message)
-                } else {
-                    calls[i].responses.append(message)
-                }
-            case .requestEnded(let id, let time):
-                if let i = index[id] { calls[i].requestEndTime = time }
-            case .trailers(let id, _, let only, let headers):
-                if let i = index[id] {
-                    calls[i].trailers = headers
-                    calls[i].trailersOnly = only
-                }
-            case .callEnded(let id, let time, let end):
-                if let i = index[id] {
-                    calls[i].endTime = time
-                    calls[i].end = end
-                }
-            case .sidechannelOpened(let id, let connection, let time, _, let scID):
-                sidechannelIndex[id] = sidechannels.count
-                sidechannels.append(
-                    RecordedSidechannel(id: id, connection: connection, sidechannelID: scID, openTime: time))
-            case .sidechannelData(let id, _, let direction, let payload):
-                guard let i = sidechannelIndex[id] else { continue }
-                if direction == .clientToServer {
-                    sidechannels[i].storedToServer += UInt64(payload.readableBytes)
-                } else {
-                    sidechannels[i].storedToClient += UInt64(payload.readableBytes)
-                }
-            case .sidechannelEnded(let id, let time, _, let toServer, let toClient, let cut):
-                guard let i = sidechannelIndex[id] else { continue }
-                sidechannels[i].endTime = time
-                sidechannels[i].bytesToServer = toServer
-                sidechannels[i].bytesToClient = toClient
-                sidechannels[i].cut = cut
-            case .notice(let time, let kind, let text): notices.append((time, kind, text))
-            case .segmentEnd: break
-            case .recordingEnded: endedInOrder = true
-            case .unknown: unknownRecords += 1
+        for record in records { add(record) }
+    }
+
+    /// Adds the next record in file order.
+    public mutating func add(_ record: SessionRecord) {
+        switch record {
+        case .segment(let info): segments.append(info)
+        case .connectionOpened(let c, let t, _, _): connections[c, default: (nil, nil)].opened = t
+        case .connectionClosed(let c, let t, _, _, _, _, _): connections[c, default: (nil, nil)].closed = t
+        case .callStarted(let id, let connection, let time, _, _, let fromGitaly, let path, let headers):
+            index[id] = calls.count
+            calls.append(
+                RecordedCall(
+                    id: id, connection: connection, path: path, startTime: time, fromGitaly: fromGitaly,
+                    requestHeaders: headers))
+        case .responseHeaders(let id, _, let headers):
+            if let i = index[id] { calls[i].responseHeaders = headers }
+        case .message(let id, let time, let direction, let compressed, let length, let payload):
+            guard let i = index[id] else { return }
+            let message = RecordedMessage(
+                time: time, compressed: compressed, length: Int(length), payload: keepPayloads ? payload : ByteBuffer(),
+                storedLength: payload.readableBytes)
+            if direction == .clientToServer {
+                calls[i].requests.append(message)
+            } else {
+                calls[i].responses.append(message)
             }
+        case .requestEnded(let id, let time):
+            if let i = index[id] { calls[i].requestEndTime = time }
+        case .trailers(let id, _, let only, let headers):
+            if let i = index[id] {
+                calls[i].trailers = headers
+                calls[i].trailersOnly = only
+            }
+        case .callEnded(let id, let time, let end):
+            if let i = index[id] {
+                calls[i].endTime = time
+                calls[i].end = end
+            }
+        case .sidechannelOpened(let id, let connection, let time, _, let scID):
+            sidechannelIndex[id] = sidechannels.count
+            sidechannels.append(
+                RecordedSidechannel(id: id, connection: connection, sidechannelID: scID, openTime: time))
+        case .sidechannelData(let id, _, let direction, let payload):
+            guard let i = sidechannelIndex[id] else { return }
+            if direction == .clientToServer {
+                sidechannels[i].storedToServer += UInt64(payload.readableBytes)
+            } else {
+                sidechannels[i].storedToClient += UInt64(payload.readableBytes)
+            }
+        case .sidechannelEnded(let id, let time, _, let toServer, let toClient, let cut):
+            guard let i = sidechannelIndex[id] else { return }
+            sidechannels[i].endTime = time
+            sidechannels[i].bytesToServer = toServer
+            sidechannels[i].bytesToClient = toClient
+            sidechannels[i].cut = cut
+        case .notice(let time, let kind, let text): notices.append((time, kind, text))
+        case .segmentEnd: break
+        case .recordingEnded: endedInOrder = true
+        case .unknown: unknownRecords += 1
         }
     }
 }

@@ -149,6 +149,17 @@ public final class RecordingReader {
         records: [SessionRecord], tails: [(String, RecordTail)]
     ) {
         var records: [SessionRecord] = []
+        let tails = try forEachRecord(path: path) { records.append($0) }
+        return (records, tails)
+    }
+
+    /// Hands every record of the recording that starts at `path` to `body`, one at a time, following
+    /// `segmentEnd` into the next files; returns how each file ended.
+    ///
+    /// - Throws: `RecordFormatError` when a file cannot be read or a record's body is inconsistent.
+    public static func forEachRecord(path: String, _ body: (SessionRecord) -> Void) throws(RecordFormatError) -> [(
+        String, RecordTail
+    )] {
         var tails: [(String, RecordTail)] = []
         var current: String? = path
         var seen: Set<String> = []
@@ -163,10 +174,10 @@ public final class RecordingReader {
                     let name = next.split(separator: "/").last.map(String.init) ?? next
                     current = dir.isEmpty ? name : dir + "/" + name
                 }
-                records.append(record)
+                body(record)
             }
             tails.append((file, reader.tail ?? .unterminated))
         }
-        return (records, tails)
+        return tails
     }
 }
