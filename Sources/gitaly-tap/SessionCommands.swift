@@ -69,7 +69,7 @@ struct Replay: AsyncParsableCommand {
     @Argument(help: "The recording (its first file; later files are followed).")
     var file: String
 
-    @Option(help: "The Gitaly to send to: unix:/abs/path or tcp://host:port.")
+    @Option(help: "The Gitaly to send to: unix:/abs/path, tcp://host:port or tls://host:port.")
     var target: String
 
     @Option(help: "Pace: a multiple of the recorded pace (1 = as recorded, 2 = twice as fast), or max.")
@@ -83,6 +83,12 @@ struct Replay: AsyncParsableCommand {
 
     @Option(help: "Seconds a call may take before it is abandoned and reported.")
     var callTimeout: Int = 120
+
+    @Option(help: "CA bundle (PEM) that a tls:// --target certificate must chain to (default: the system store).")
+    var tlsCa: String?
+
+    @Option(help: "Name to verify in a tls:// --target certificate (default: the target host).")
+    var tlsServerName: String?
 
     func run() async throws {
         var options: ReplayOptions
@@ -101,6 +107,8 @@ struct Replay: AsyncParsableCommand {
         guard concurrency >= 1 else { throw fail("--concurrency must be at least 1") }
         options.concurrency = concurrency
         options.callTimeout = .seconds(Int64(max(1, callTimeout)))
+        options.tls.upstreamCAPath = tlsCa
+        options.tls.upstreamServerName = tlsServerName
         if let tokenFile {
             guard let secret = readSecret(tokenFile) else { throw fail("--token-file: cannot read \(tokenFile)") }
             guard !secret.isEmpty else { throw fail("--token-file: \(tokenFile) is empty") }
@@ -145,8 +153,14 @@ struct Serve: AsyncParsableCommand {
     @Argument(help: "The recording (its first file; later files are followed).")
     var file: String
 
-    @Option(help: "Where clients connect: unix:/abs/path or tcp://host:port.")
+    @Option(help: "Where clients connect: unix:/abs/path, tcp://host:port or tls://host:port.")
     var listen: String
+
+    @Option(help: "Certificate chain (PEM) that clients see on a tls:// --listen address.")
+    var tlsCert: String?
+
+    @Option(help: "Private key (PEM) of --tls-cert.")
+    var tlsKey: String?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
@@ -163,8 +177,11 @@ struct Serve: AsyncParsableCommand {
             throw fail("--listen: \(error)")
         }
         let session = try loadRecording(file)
+        var tls = TLSSettings()
+        tls.certificatePath = tlsCert
+        tls.keyPath = tlsKey
         let server = StandInServer(
-            session: session, listen: address, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+            session: session, listen: address, group: MultiThreadedEventLoopGroup.singleton, logger: logger, tls: tls)
         do {
             try await server.start()
         } catch let error as ProxyStartError {

@@ -489,6 +489,58 @@ extension RecordReplayTests {
     }
 }
 
+extension RecordReplayTests {
+    @Test("serve on tls:// with the dev certificate, replayed over TLS against it: every call matches")
+    func replayAgainstServeOverTLS() async throws {
+        try Peers.requirePython()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let echo = try PeerProcess(
+            Peers.python, [Peers.script("echo_server.py"), "--listen", "unix:" + dir.file("hg.sock")], dir: dir,
+            name: "echo")
+        defer { echo.stop() }
+        _ = try await echo.waitReady()
+        let recording = dir.file("echo.gtap")
+        let tap = try await Self.startTap(dir, record: recording, extra: ["--record-max-message-bytes", "\(8 << 20)"])
+        for scenario in Self.echoScenarios {
+            let tapped = try await runCommand(
+                Peers.python,
+                [Peers.script("echo_client.py"), "--target", "unix:" + dir.file("tap.sock"), "--scenario", scenario])
+            #expect(tapped.status == 0, "\(scenario): \(tapped.stderr)")
+        }
+        tap.stop()
+
+        let port = try freeTCPPort()
+        let serve = try PeerProcess(
+            try Peers.tapExecutable(),
+            [
+                "serve", recording, "--listen", "tls://127.0.0.1:\(port)", "--tls-cert", TLSTests.cert("server.pem"),
+                "--tls-key", TLSTests.cert("server-key.pem"), "--log-format", "json",
+            ],
+            dir: dir, name: "serve")
+        defer { serve.stop() }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !serve.stderr.contains("serving recorded answers"), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let target = "tls://127.0.0.1:\(port)"
+        let replay = try await Self.tap([
+            "replay", recording, "--target", target, "--tls-ca", TLSTests.cert("ca.pem"), "--tls-server-name",
+            "localhost",
+            "--rate", "max",
+        ])
+        #expect(replay.status == 0, "\(replay.stdout)\n\(replay.stderr)\n\(serve.stderr)")
+        #expect(replay.stdout.contains("result: all \(Self.echoScenarios.count) calls matched"), "\(replay.stdout)")
+        let untrusted = try await Self.tap([
+            "replay", recording, "--target", target, "--tls-ca", TLSTests.cert("other-ca.pem"), "--tls-server-name",
+            "localhost", "--rate", "max",
+        ])
+        #expect(untrusted.status == 1)
+        #expect(untrusted.stderr.contains("TLS handshake with \(target) failed"), "\(untrusted.stderr)")
+        #expect(untrusted.stderr.contains("CERTIFICATE_VERIFY_FAILED"), "\(untrusted.stderr)")
+    }
+}
+
 @Suite struct GitalyTokenTests {
     private func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
 

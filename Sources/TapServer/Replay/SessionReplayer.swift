@@ -2,6 +2,9 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 import NIOPosix
+import NIOSSL
+import NIOTLS
+import Synchronization
 import TapRecord
 import TapWire
 
@@ -16,6 +19,8 @@ public struct ReplayOptions: Sendable {
     public var token: GitalyToken?
     /// A call without an answer after this long is abandoned (its stream closed) and reported.
     public var callTimeout: TimeAmount = .seconds(120)
+    /// For a `tls://` target: the CA to verify its certificate with (`upstreamCAPath`) and the name to expect.
+    public var tls = TLSSettings()
 
     public init(target: TapAddress) {
         self.target = target
@@ -57,7 +62,7 @@ public enum SessionReplayer {
             outcomes[i].skipped = skipReason(outcomes[i].call)
         }
         guard outcomes.contains(where: { $0.skipped == nil }) else { return outcomes }
-        let (channel, multiplexer) = try await connect(options.target, group: group)
+        let (channel, multiplexer) = try await connect(options.target, tls: options.tls, group: group)
         defer { channel.close(promise: nil) }
         let origin = calls.first?.startTime ?? 0
         let clock = ContinuousClock()
@@ -103,13 +108,26 @@ public enum SessionReplayer {
         return nil
     }
 
-    static func connect(_ target: TapAddress, group: any EventLoopGroup) async throws -> (
+    static func connect(_ target: TapAddress, tls: TLSSettings, group: any EventLoopGroup) async throws -> (
         any Channel, NIOHTTP2Handler.StreamMultiplexer
     ) {
+        var clientTLS: (NIOSSLContext, String?)?
+        if case .tls(let host, _) = target {
+            do {
+                clientTLS = (try tls.clientContext(), tls.serverName(for: host))
+            } catch {
+                throw ReplayError(description: error.description)
+            }
+        }
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let (context, name) = clientTLS {
+                        try channel.pipeline.syncOperations.addHandler(
+                            NIOSSLClientHandler(context: context, serverHostname: name))
+                        try channel.pipeline.syncOperations.addHandler(TLSHandshakeWaiter())
+                    }
                     let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
                         mode: .client, connectionConfiguration: GRPCHTTP2Settings.connection,
                         streamConfiguration: GRPCHTTP2Settings.stream,
@@ -121,17 +139,21 @@ public enum SessionReplayer {
         do {
             switch target {
             case .unix(let path): channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
-            case .tcp(let host, let port):
+            case .tcp(let host, let port), .tls(let host, let port):
                 channel = try await bootstrap.channelOption(.socketOption(.tcp_nodelay), value: 1).connect(
                     host: host, port: port
                 ).get()
-            case .tls:
-                throw ReplayError(description: "replay targets tls:// are not supported yet; use unix: or tcp://")
             }
-        } catch let error as ReplayError {
-            throw error
         } catch {
             throw ReplayError(description: "cannot connect to \(target): \(error)")
+        }
+        if clientTLS != nil {
+            do {
+                try await channel.pipeline.handler(type: TLSHandshakeWaiter.self).flatMap { $0.done }.get()
+            } catch {
+                channel.close(promise: nil)
+                throw ReplayError(description: "TLS handshake with \(target) failed: \(error)")
+            }
         }
         let multiplexer = try await channel.pipeline.handler(type: MultiplexerHolder.self).map { $0.multiplexer }.get()
         return (channel, multiplexer)
@@ -204,6 +226,47 @@ public enum SessionReplayer {
         } catch {
             return ReplayAnswer(status: nil, statusMessage: "", messages: [], failure: "\(error)", duration: elapsed())
         }
+    }
+}
+
+/// Completes `done` when the TLS handshake has finished, or fails it with the handshake's error.
+final class TLSHandshakeWaiter: ChannelInboundHandler, Sendable {
+    typealias InboundIn = Any
+    typealias InboundOut = Any
+    private let promise = Mutex<EventLoopPromise<Void>?>(nil)
+    private let future = Mutex<EventLoopFuture<Void>?>(nil)
+
+    /// Succeeds after the handshake.
+    var done: EventLoopFuture<Void> { future.withLock { $0! } }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let p = context.eventLoop.makePromise(of: Void.self)
+        promise.withLock { $0 = p }
+        future.withLock { $0 = p.futureResult }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls { complete(nil) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        complete(error)
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        complete(ReplayError(description: "the connection closed during the handshake"))
+        context.fireChannelInactive()
+    }
+
+    private func complete(_ error: (any Error)?) {
+        guard
+            let p = promise.withLock({ p in
+                defer { p = nil }; return p
+            })
+        else { return }
+        if let error { p.fail(error) } else { p.succeed() }
     }
 }
 

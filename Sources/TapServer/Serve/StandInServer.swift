@@ -3,6 +3,7 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 import NIOPosix
+import NIOSSL
 import Synchronization
 import TapRecord
 import TapWire
@@ -74,12 +75,18 @@ public final class StandInServer: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
+    private let tls: TLSSettings
 
-    public init(session: RecordedSession, listen: TapAddress, group: any EventLoopGroup, logger: Logger) {
+    /// `tls` holds the certificate and key for a `tls://` listener.
+    public init(
+        session: RecordedSession, listen: TapAddress, group: any EventLoopGroup, logger: Logger,
+        tls: TLSSettings = TLSSettings()
+    ) {
         self.answers = RecordedAnswers(session)
         self.listen = listen
         self.group = group
         self.logger = logger
+        self.tls = tls
     }
 
     /// Binds the listener; returns the bound address.
@@ -87,11 +94,15 @@ public final class StandInServer: Sendable {
     public func start() async throws -> SocketAddress {
         let answers = self.answers
         let logger = self.logger
+        let serverTLS: NIOSSLContext? = if case .tls = listen { try tls.serverContext() } else { nil }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let serverTLS {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverTLS))
+                    }
                     _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
                         mode: .server, connectionConfiguration: GRPCHTTP2Settings.connection,
                         streamConfiguration: GRPCHTTP2Settings.stream
@@ -109,10 +120,8 @@ public final class StandInServer: Sendable {
             case .unix(let path):
                 try UnixSocketPath.prepare(path)
                 bound = try await bootstrap.bind(unixDomainSocketPath: path).get()
-            case .tcp(let host, let port):
+            case .tcp(let host, let port), .tls(let host, let port):
                 bound = try await bootstrap.bind(host: host, port: port).get()
-            case .tls:
-                throw ProxyStartError(description: "serve: tls:// listeners are not supported yet; use unix: or tcp://")
             }
         } catch let error as UnixSocketPath.Refusal {
             throw ProxyStartError(description: error.description)
