@@ -70,6 +70,22 @@ private func answer(_ messages: [[UInt8]], status: Int? = 0, message: String = "
                 "no status: the target reset the stream (recorded OK)"
             ])
     }
+
+    @Test("a call the recorded client reset matches a replay that reset it at the same point, or a deadline status")
+    func clientReset() {
+        var recorded = call(responses: [[1]])
+        recorded.trailers = nil
+        recorded.end = .reset(by: .clientToServer, code: 8)
+        let reset = ReplayAnswer(status: nil, statusMessage: "", messages: [[1]], resetByReplay: true, duration: 1)
+        #expect(CallComparison.differences(recorded: recorded, replayed: reset).isEmpty)
+        let finished = CallComparison.differences(recorded: recorded, replayed: answer([[1], [2]]))
+        #expect(
+            finished.first
+                == "end: the recorded client reset the call (code 8) after 1 message(s); replayed, it ended first: OK")
+        recorded.requestHeaders = [RecordedHeader(name: "grpc-timeout", value: Array("300m".utf8))]
+        recorded.responses = []
+        #expect(CallComparison.differences(recorded: recorded, replayed: answer([], status: 4)).isEmpty)
+    }
 }
 
 @Suite struct EventEncoderTests {

@@ -373,11 +373,12 @@ struct RecordReplayTests {
 extension RecordReplayTests {
     /// Streaming shapes HGitaly does not serve: client streaming, bidi, a 5 MiB upload, Trailers-Only, metadata.
     static let echoScenarios = [
-        "unary", "unary_large", "client_stream", "server_stream", "bidi", "metadata", "error", "trailers_only",
+        "unary", "unary_large", "client_stream", "server_stream", "bidi", "metadata", "error", "trailers_only", "cancel",
+        "deadline",
     ]
 
     @Test(
-        "echo calls of every streaming shape (5 MiB upload, client stream, bidi) replay matched; serve answers them alike"
+        "echo calls of every shape (5 MiB upload, client stream, bidi, cancel, deadline) replay matched; serve answers them alike"
     )
     func echoShapes() async throws {
         try Peers.requirePython()

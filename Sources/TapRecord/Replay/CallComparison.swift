@@ -7,14 +7,20 @@ public struct ReplayAnswer: Sendable {
     public var messages: [[UInt8]]
     /// How the call ended when not with a status (reset code, connection error).
     public var failure: String?
+    /// Replay reset the call itself, as the recorded client had.
+    public var resetByReplay: Bool
     /// Nanoseconds from sending the headers to the end.
     public var duration: UInt64
 
-    public init(status: Int?, statusMessage: String, messages: [[UInt8]], failure: String? = nil, duration: UInt64) {
+    public init(
+        status: Int?, statusMessage: String, messages: [[UInt8]], failure: String? = nil, resetByReplay: Bool = false,
+        duration: UInt64
+    ) {
         self.status = status
         self.statusMessage = statusMessage
         self.messages = messages
         self.failure = failure
+        self.resetByReplay = resetByReplay
         self.duration = duration
     }
 }
@@ -27,7 +33,19 @@ public enum CallComparison {
     /// described by its first differing byte and, when both sides parse as protobuf, the field path there.
     public static func differences(recorded call: RecordedCall, replayed answer: ReplayAnswer) -> [String] {
         var out: [String] = []
-        if let failure = answer.failure {
+        if case .reset(let by, let code)? = call.end, by == .clientToServer {
+            // The recorded client gave up (cancelled, or its deadline passed). Replay resets at the same point; a
+            // server that ends the call first with DEADLINE_EXCEEDED for the recorded grpc-timeout agrees too.
+            let deadlinePassed = answer.status == 4 && call.requestHeader("grpc-timeout") != nil
+            if !answer.resetByReplay, !deadlinePassed {
+                let now = answer.failure ?? answer.status.map(GRPCStatusName.name) ?? "no status"
+                out.append(
+                    "end: the recorded client reset the call (code \(code)) after \(call.responses.count) message(s); "
+                        + "replayed, it ended first: \(now)")
+            }
+        } else if answer.resetByReplay {
+            out.append("end: replay reset the call, recorded \(call.statusName)")
+        } else if let failure = answer.failure {
             out.append("no status: \(failure) (recorded \(call.statusName))")
         } else if answer.status != call.statusCode {
             let now = answer.status.map(GRPCStatusName.name) ?? "none"

@@ -15,6 +15,8 @@ struct CollectedStream: Sendable {
     var reset: NIOHTTP2.HTTP2ErrorCode?
     /// The stream closed before the peer ended it.
     var lost = false
+    /// We reset the stream (imitating a recorded client's cancellation).
+    var resetByClient = false
     /// The peer sent bytes that are not gRPC messages.
     var malformed: String?
 
@@ -58,6 +60,14 @@ struct GRPCStreamCollector {
             break
         }
         return ended
+    }
+
+    /// We reset the stream; true when it had not ended before.
+    mutating func resetByClient() -> Bool {
+        guard !ended else { return false }
+        ended = true
+        collected.resetByClient = true
+        return true
     }
 
     /// The stream closed; true when it had not ended before.

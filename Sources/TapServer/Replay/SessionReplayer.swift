@@ -189,12 +189,17 @@ public enum SessionReplayer {
             return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
         }
         let headers = requestHeaders(call, token: options.token)
+        var cancel: ReplayStreamHandler.Cancel?
+        if case .reset(let by, let code)? = call.end, by == .clientToServer, let duration = call.duration {
+            cancel = .init(messages: call.responses.count, after: .nanoseconds(Int64(duration)), code: Int(code))
+        }
         let messages = call.requests.map { GRPCHTTP2Settings.framed($0.payload) }
         do {
             let promise = loop.makePromise(of: CollectedStream.self)
             let stream = try await multiplexer.createStreamChannel { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ReplayStreamHandler(promise: promise))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ReplayStreamHandler(promise: promise, cancel: cancel))
                 }
             }.get()
             let answer = promise.futureResult
@@ -210,7 +215,13 @@ public enum SessionReplayer {
             let collected = try await answer.get()
             timeout.cancel()
             var failure: String?
-            if let code = collected.reset {
+            if collected.resetByClient {
+                // Answers that arrived in the same read as the one the recorded client stopped at are not counted.
+                let seen = collected.messages.prefix(cancel?.messages ?? collected.messages.count)
+                return ReplayAnswer(
+                    status: nil, statusMessage: "", messages: seen.map { Array($0.readableBytesView) },
+                    resetByReplay: true, duration: elapsed())
+            } else if let code = collected.reset {
                 failure = "the target reset the stream (\(code))"
             } else if collected.lost {
                 failure =
@@ -280,16 +291,51 @@ final class MultiplexerHolder: ChannelInboundHandler, Sendable {
 /// Collects one replayed call's answer.
 final class ReplayStreamHandler: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    /// The recorded client reset its call after `messages` answers and `after` time: replay does the same.
+    struct Cancel {
+        var messages: Int
+        var after: TimeAmount
+        var code: Int
+    }
+
     private var collector = GRPCStreamCollector()
     /// Completed once, with whatever arrived until the stream ended.
     private var promise: EventLoopPromise<CollectedStream>?
+    private let cancel: Cancel?
+    private var cancelDeadline: NIODeadline?
 
-    init(promise: EventLoopPromise<CollectedStream>) {
+    init(promise: EventLoopPromise<CollectedStream>, cancel: Cancel? = nil) {
         self.promise = promise
+        self.cancel = cancel
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard let cancel else { return }
+        let deadline = NIODeadline.now() + cancel.after
+        cancelDeadline = deadline
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = loopBound.value
+            handler.cancelIfDue(context: context)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if collector.receive(unwrapInboundIn(data)) { complete() }
+        if collector.receive(unwrapInboundIn(data)) {
+            complete()
+        } else if cancel != nil {
+            cancelIfDue(context: context)
+        }
+    }
+
+    /// Resets the stream as the recorded client did, once both its time and its answer count are reached.
+    private func cancelIfDue(context: ChannelHandlerContext) {
+        guard let cancel, let cancelDeadline, promise != nil, !collector.ended else { return }
+        guard NIODeadline.now() >= cancelDeadline, collector.collected.messages.count >= cancel.messages else { return }
+        if collector.resetByClient() { complete() }
+        context.writeAndFlush(wrapOutboundOut(.rstStream(HTTP2ErrorCode(networkCode: cancel.code))), promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

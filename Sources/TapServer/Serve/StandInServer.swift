@@ -183,7 +183,12 @@ final class StandInStreamHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.warning("stream error; resetting the call", metadata: ["error": "\(error)"])
+        if error is NIOHTTP2Errors.StreamClosed {
+            // The client reset the call (cancelled, or its deadline passed), as recorded clients do.
+            logger.debug("the client reset the call", metadata: ["error": "\(error)"])
+        } else {
+            logger.warning("stream error; resetting the call", metadata: ["error": "\(error)"])
+        }
         context.close(promise: nil)
     }
 
@@ -208,7 +213,23 @@ final class StandInStreamHandler: ChannelInboundHandler {
             return
         }
         guard let trailers = call.trailers else {
-            if case .reset(let by, let code)? = call.end, by == .serverToClient {
+            if case .reset(let by, _)? = call.end, by == .clientToServer {
+                // The recorded client gave up (cancelled, deadline): send what it got and wait for its reset.
+                if let headers = call.responseHeaders {
+                    context.write(
+                        wrapOutboundOut(.headers(.init(headers: Self.headers(headers, status: true)))), promise: nil)
+                }
+                for message in call.responses {
+                    context.write(
+                        wrapOutboundOut(
+                            .data(
+                                .init(
+                                    data: .byteBuffer(
+                                        GRPCHTTP2Settings.framed(message.payload, compressed: message.compressed))))),
+                        promise: nil)
+                }
+                context.flush()
+            } else if case .reset(let by, let code)? = call.end, by == .serverToClient {
                 context.writeAndFlush(wrapOutboundOut(.rstStream(HTTP2ErrorCode(networkCode: Int(code)))), promise: nil)
             } else {
                 writeStatusOnly(
