@@ -33,23 +33,23 @@ struct RecordingArguments: ParsableArguments {
 
     func options() throws -> RecordingOptions? {
         guard let path else {
-            if redact { throw ValidationError("--redact applies to --record: give --record FILE too") }
+            if redact { throw fail("--redact applies to --record: give --record FILE too") }
             return nil
         }
         guard recordMaxMessageBytes >= 0, recordMaxSidechannelBytes >= 0 else {
-            throw ValidationError("--record-max-message-bytes and --record-max-sidechannel-bytes must not be negative")
+            throw fail("--record-max-message-bytes and --record-max-sidechannel-bytes must not be negative")
         }
         guard recordMaxFileBytes >= 64 * 1024 else {
-            throw ValidationError("--record-max-file-bytes must be at least 65536")
+            throw fail("--record-max-file-bytes must be at least 65536")
         }
-        guard recordMaxFiles >= 1 else { throw ValidationError("--record-max-files must be at least 1") }
+        guard recordMaxFiles >= 1 else { throw fail("--record-max-files must be at least 1") }
         var limits = RecordingLimits()
         limits.maxMessageBytes = recordMaxMessageBytes
         limits.maxSidechannelBytes = recordMaxSidechannelBytes
         limits.maxFileBytes = recordMaxFileBytes
         limits.maxFiles = recordMaxFiles
         limits.redactPersonal = redact
-        guard recordMaxQueueBytes >= 1 else { throw ValidationError("--record-max-queue-bytes must be positive") }
+        guard recordMaxQueueBytes >= 1 else { throw fail("--record-max-queue-bytes must be positive") }
         var options = RecordingOptions(path: path, limits: limits)
         options.maxQueuedBytes = recordMaxQueueBytes
         // A slow disk on demand, for tests of recording under pressure (docs/recording.md).
