@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import sys
 import time
 from concurrent import futures
@@ -59,6 +60,8 @@ def main():
     ap.add_argument("--listen", required=True)
     ap.add_argument("--secret-file", required=True)
     args = ap.parse_args()
+    # Test runners may start us with SIGTERM/SIGINT blocked (children inherit the mask): unblock them.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     with open(args.secret_file, "rb") as f:
         secret = f.read().rstrip(b"\r\n")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

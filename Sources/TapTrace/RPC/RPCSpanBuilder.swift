@@ -160,7 +160,8 @@ public struct RPCSpanBuilder: Sendable {
         }
     }
 
-    static func status(_ record: GRPCCallRecord) -> Span.Status {
+    /// The span status for how `record` ended (gRPC status, reset, lost connection, ...).
+    public static func status(_ record: GRPCCallRecord) -> Span.Status {
         switch record.end {
         case .trailers, .trailersOnly:
             guard let code = record.grpcStatus else {
@@ -173,9 +174,11 @@ public struct RPCSpanBuilder: Sendable {
         case .reset(let by, let code):
             let who = by == .clientToServer ? "client" : "server"
             let reset = "stream reset by \(who) (\(HTTP2ErrorCode.name(code)))"
-            // A client cancels with RST_STREAM when its deadline passes; say so when the timing shows it.
+            // A client cancels with RST_STREAM when its deadline passes; say so when the timing shows it. Clients
+            // round `grpc-timeout` up (and the tap sees the headers after they were sent), so allow a little slack.
             if by == .clientToServer, let timeout = record.timeoutNanos, timeout > 0,
-                record.endTime >= record.startTime, Int64(record.endTime - record.startTime) >= timeout
+                record.endTime >= record.startTime,
+                Int64(record.endTime - record.startTime) >= timeout - max(timeout / 20, 10_000_000)
             {
                 return .init(
                     code: .error,
