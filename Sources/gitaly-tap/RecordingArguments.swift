@@ -68,8 +68,10 @@ extension RecordingArguments {
         guard let path else { return [] }
         return [
             "record = \"\(path)\"", "record_max_message_bytes = \(recordMaxMessageBytes)",
-            "record_max_sidechannel_bytes = \(recordMaxSidechannelBytes)", "record_max_file_bytes = \(recordMaxFileBytes)",
-            "record_max_files = \(recordMaxFiles)", "record_max_queue_bytes = \(recordMaxQueueBytes)", "redact = \(redact)",
+            "record_max_sidechannel_bytes = \(recordMaxSidechannelBytes)",
+            "record_max_file_bytes = \(recordMaxFileBytes)",
+            "record_max_files = \(recordMaxFiles)", "record_max_queue_bytes = \(recordMaxQueueBytes)",
+            "redact = \(redact)",
         ]
     }
 }

@@ -371,10 +371,11 @@ struct RecordReplayTests {
 }
 
 extension RecordReplayTests {
-    /// Streaming shapes HGitaly does not serve: client streaming, bidi, a 5 MiB upload, Trailers-Only, metadata.
+    /// Shapes HGitaly does not serve: client streaming, bidi, a 5 MiB upload, Trailers-Only, metadata, a client
+    /// cancelling after the first answer, a client deadline.
     static let echoScenarios = [
-        "unary", "unary_large", "client_stream", "server_stream", "bidi", "metadata", "error", "trailers_only", "cancel",
-        "deadline",
+        "unary", "unary_large", "client_stream", "server_stream", "bidi", "metadata", "error", "trailers_only",
+        "cancel", "deadline",
     ]
 
     @Test(
