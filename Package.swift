@@ -28,12 +28,19 @@ let package = Package(
             name: "TapTrace",
             dependencies: ["TapWire"]
         ),
+        // Session recordings: file format, writer, reader, redaction (docs/recording.md).
+        .target(
+            name: "TapRecord",
+            dependencies: ["TapWire", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         // The I/O edge: listeners, splice, sinks, runtime wiring.
         .target(
             name: "TapServer",
             dependencies: [
                 "TapWire",
                 "TapTrace",
+                "TapRecord",
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -46,9 +53,13 @@ let package = Package(
             name: "gitaly-tap",
             dependencies: [
                 "TapServer",
+                "TapRecord",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            // main.swift holds `@main`; the subcommands live in files beside it.
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         ),
         .testTarget(
             name: "TapWireTests",
@@ -56,10 +67,11 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "TapTraceTests", dependencies: ["TapTrace"], exclude: ["Fixtures"]),
+        .testTarget(name: "TapRecordTests", dependencies: ["TapRecord", "TapWire"]),
         .testTarget(
             name: "TapServerTests",
             dependencies: [
-                "TapServer", "TapWire", "TapTrace",
+                "TapServer", "TapWire", "TapTrace", "TapRecord",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

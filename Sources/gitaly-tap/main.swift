@@ -14,7 +14,7 @@ struct GitalyTap: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gitaly-tap",
         abstract: "A transparent sidecar in front of Gitaly that records one span per gRPC call.",
-        subcommands: [Proxy.self, Demo.self]
+        subcommands: [Proxy.self, Demo.self, Inspect.self, Replay.self, Serve.self]
     )
 
     /// Expands `proxy --config FILE` into arguments before parsing (flags given on the command line win).
@@ -119,6 +119,9 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Serve Prometheus /metrics and /health on tcp://host:port or unix:/path.")
     var metrics: String?
 
+    @OptionGroup(title: "Recording")
+    var recording: RecordingArguments
+
     @Option(help: "Certificate chain (PEM) that clients see on a tls:// --listen address.")
     var tlsCert: String?
 
@@ -169,6 +172,7 @@ struct Proxy: AsyncParsableCommand {
         }
         addList("trace2_socket", trace2Socket)
         addList("trace2_dir", trace2Dir)
+        lines += recording.effectiveSettings
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -214,6 +218,7 @@ struct Proxy: AsyncParsableCommand {
             }
         }
         options.trace2.directories = trace2Dir
+        options.recording = try recording.options()
         if check {
             do {
                 try options.proxy.tls.check(listen: listenAddress, upstream: upstreamAddress)

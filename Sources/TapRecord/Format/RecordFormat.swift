@@ -19,7 +19,9 @@ public enum RecordFormat {
 
     /// The 16 bytes every file starts with.
     public static var fileHeader: [UInt8] {
-        magic + [UInt8(majorVersion >> 8), UInt8(majorVersion & 0xFF), UInt8(minorVersion >> 8), UInt8(minorVersion & 0xFF)]
+        magic + [
+            UInt8(majorVersion >> 8), UInt8(majorVersion & 0xFF), UInt8(minorVersion >> 8), UInt8(minorVersion & 0xFF),
+        ]
             + [0, 0, 0, 0]
     }
 }

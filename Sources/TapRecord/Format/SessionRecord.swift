@@ -18,13 +18,6 @@ public struct RecordedHeader: Sendable, Hashable {
 
     /// The value as text (UTF-8, repaired), for display.
     public var text: String { String(decoding: value, as: UTF8.self) }
-
-    /// The value's raw bytes for a `-bin` key (true binary or base64 on the wire), nil for text keys or bad base64.
-    public var binaryValue: [UInt8]? {
-        guard name.hasSuffix("-bin") else { return nil }
-        if value.first == 0 { return Array(value.dropFirst()) }
-        return Base64.decode(value)
-    }
 }
 
 /// The first record of every file: which session and which part of it.
@@ -81,7 +74,8 @@ public enum SessionRecord: Sendable {
         path: String, headers: [RecordedHeader])
     case responseHeaders(call: UInt64, time: UInt64, headers: [RecordedHeader])
     /// `payload` holds at most the cap; `length` is the message's real length.
-    case message(call: UInt64, time: UInt64, direction: Direction, compressed: Bool, length: UInt32, payload: ByteBuffer)
+    case message(
+        call: UInt64, time: UInt64, direction: Direction, compressed: Bool, length: UInt32, payload: ByteBuffer)
     case requestEnded(call: UInt64, time: UInt64)
     case trailers(call: UInt64, time: UInt64, trailersOnly: Bool, headers: [RecordedHeader])
     case callEnded(call: UInt64, time: UInt64, end: GRPCCallRecord.End)
@@ -133,7 +127,9 @@ extension SessionRecord {
         let length = out.writerIndex - start - 4
         out.setInteger(UInt32(length), at: start)
         let crc = out.withUnsafeReadableBytes { raw in
-            CRC32.update(0, UnsafeRawBufferPointer(rebasing: raw[(start - out.readerIndex)..<(out.writerIndex - out.readerIndex)]))
+            CRC32.update(
+                0,
+                UnsafeRawBufferPointer(rebasing: raw[(start - out.readerIndex)..<(out.writerIndex - out.readerIndex)]))
         }
         out.writeInteger(crc)
     }
@@ -172,7 +168,8 @@ extension SessionRecord {
             out.writeShortString(reason)
             out.writeInteger(UInt8(stopped == nil ? 0 : 1))
             out.writeShortString(stopped ?? "")
-        case .callStarted(let call, let connection, let time, let streamID, let yamux, let fromGitaly, let path, let headers):
+        case .callStarted(
+            let call, let connection, let time, let streamID, let yamux, let fromGitaly, let path, let headers):
             out.writeInteger(call)
             out.writeInteger(connection)
             out.writeInteger(time)
@@ -272,9 +269,11 @@ extension SessionRecord {
                 SegmentInfo(
                     sessionID: id, index: try b.u32(), createdTime: try b.u64(), toolVersion: try b.string(),
                     listen: try b.string(), upstream: try b.string(), maxMessageBytes: try b.u64(),
-                    maxFileBytes: try b.u64(), maxSidechannelBytes: try b.u64(), personalMetadataRedacted: try b.u8() & 1 == 1))
+                    maxFileBytes: try b.u64(), maxSidechannelBytes: try b.u64(),
+                    personalMetadataRedacted: try b.u8() & 1 == 1))
         case .connectionOpened:
-            return .connectionOpened(connection: try b.u64(), time: try b.u64(), transport: try b.string(), peer: try b.string())
+            return .connectionOpened(
+                connection: try b.u64(), time: try b.u64(), transport: try b.string(), peer: try b.string())
         case .connectionClosed:
             let connection = try b.u64(), time = try b.u64(), kind = try b.string()
             let toServer = try b.u64(), toClient = try b.u64(), reason = try b.string()
@@ -297,13 +296,17 @@ extension SessionRecord {
             let length = try b.u32()
             let payload = b.rest()
             guard payload.readableBytes <= Int(length) else {
-                throw RecordFormatError("message record holds \(payload.readableBytes) bytes of a \(length)-byte message")
+                throw RecordFormatError(
+                    "message record holds \(payload.readableBytes) bytes of a \(length)-byte message")
             }
-            return .message(call: call, time: time, direction: direction, compressed: flags & 1 != 0, length: length, payload: payload)
+            return .message(
+                call: call, time: time, direction: direction, compressed: flags & 1 != 0, length: length,
+                payload: payload)
         case .requestEnded:
             return .requestEnded(call: try b.u64(), time: try b.u64())
         case .trailers:
-            return .trailers(call: try b.u64(), time: try b.u64(), trailersOnly: try b.u8() == 1, headers: try b.headers())
+            return .trailers(
+                call: try b.u64(), time: try b.u64(), trailersOnly: try b.u8() == 1, headers: try b.headers())
         case .callEnded:
             let call = try b.u64(), time = try b.u64(), kind = try b.u8(), direction = try b.direction()
             let code = try b.u32(), text = try b.string()
@@ -323,7 +326,8 @@ extension SessionRecord {
                 sidechannel: try b.u64(), connection: try b.u64(), time: try b.u64(), yamuxStreamID: try b.u32(),
                 id: Int64(bitPattern: try b.u64()))
         case .sidechannelData:
-            return .sidechannelData(sidechannel: try b.u64(), time: try b.u64(), direction: try b.direction(), payload: b.rest())
+            return .sidechannelData(
+                sidechannel: try b.u64(), time: try b.u64(), direction: try b.direction(), payload: b.rest())
         case .sidechannelEnded:
             let sidechannel = try b.u64(), time = try b.u64(), kind = try b.u8(), direction = try b.direction()
             let toServer = try b.u64(), toClient = try b.u64(), cut = try b.u8() == 1
@@ -335,7 +339,8 @@ extension SessionRecord {
             default: throw RecordFormatError("sidechannel end kind \(kind) is unknown")
             }
             return .sidechannelEnded(
-                sidechannel: sidechannel, time: time, end: end, bytesToServer: toServer, bytesToClient: toClient, cut: cut)
+                sidechannel: sidechannel, time: time, end: end, bytesToServer: toServer, bytesToClient: toClient,
+                cut: cut)
         case .notice:
             let time = try b.u64(), kind = try b.u8()
             return .notice(time: time, kind: NoticeKind(rawValue: kind) ?? .info, text: try b.string())
@@ -371,7 +376,9 @@ private struct BodyReader {
         return v
     }
     mutating func string() throws(RecordFormatError) -> String {
-        guard let n = buffer.readInteger(as: UInt16.self), let s = buffer.readString(length: Int(n)) else { throw short() }
+        guard let n = buffer.readInteger(as: UInt16.self), let s = buffer.readString(length: Int(n)) else {
+            throw short()
+        }
         return s
     }
     mutating func direction() throws(RecordFormatError) -> Direction {
@@ -387,8 +394,11 @@ private struct BodyReader {
         headers.reserveCapacity(Int(count))
         for _ in 0..<count {
             let flags = try u8()
-            let name = try string()
-            guard let n = buffer.readInteger(as: UInt32.self), let value = buffer.readBytes(length: Int(n)) else { throw short() }
+            let stored = try string()
+            let name = flags & 2 != 0 ? "authorization" : stored
+            guard let n = buffer.readInteger(as: UInt32.self), let value = buffer.readBytes(length: Int(n)) else {
+                throw short()
+            }
             headers.append(RecordedHeader(name: name, value: value, redacted: flags & 1 != 0))
         }
         return headers
@@ -407,13 +417,15 @@ extension ByteBuffer {
         writeBytes(utf8)
     }
 
-    /// u16 count, then per field: flags u8 (bit 0 redacted), name (u16 + bytes), value (u32 + bytes).
+    /// u16 count, then per field: flags u8 (bit 0 redacted, bit 1 the withheld `authorization`), name (u16 + bytes), value (u32 + bytes).
     mutating func writeHeaders(_ headers: [RecordedHeader]) {
         let count = min(headers.count, Int(UInt16.max))
         writeInteger(UInt16(count))
         for header in headers.prefix(count) {
-            writeInteger(UInt8(header.redacted ? 1 : 0))
-            writeShortString(header.name)
+            // The withheld `authorization` is stored as a flag alone, so not even its name is in the file.
+            let isAuthorization = header.redacted && header.name.lowercased() == "authorization"
+            writeInteger(UInt8(header.redacted ? 1 : 0) | (isAuthorization ? 2 : 0))
+            writeShortString(isAuthorization ? "" : header.name)
             writeInteger(UInt32(header.redacted ? 0 : header.value.count))
             if !header.redacted { writeBytes(header.value) }
         }

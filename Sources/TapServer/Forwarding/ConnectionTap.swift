@@ -34,6 +34,8 @@ final class ConnectionTap {
     private var closed = false
     private var closeReason = "closed"
     private var calls = 0
+    /// Gets the decoder's events while recording; nil when not recording or once recording stopped.
+    private var recorder: SessionRecorder?
     /// The correlation id of the latest call seen on this connection, for log lines.
     private var correlationID: String?
     /// Calls the connection's end cut off: method and correlation id.
@@ -43,12 +45,14 @@ final class ConnectionTap {
 
     init(
         info: ConnectionInfo, pipeline: SpanPipeline, limits: GRPCCallAssembler.Limits, logger: Logger,
-        gauge: OpenConnectionGauge? = nil
+        gauge: OpenConnectionGauge? = nil, recorder: SessionRecorder? = nil
     ) {
         self.info = info
         self.pipeline = pipeline
         self.decoder = ConnectionDecoder(limits: limits)
         self.logger = logger
+        self.recorder = recorder
+        recorder?.connectionOpened(info)
         self.gauge = gauge
         gauge?.move(from: nil, to: gaugeKind.rawValue)
     }
@@ -67,6 +71,7 @@ final class ConnectionTap {
             return
         }
         decoder.feed(buffer, direction: direction, at: now, emit: submit)
+        if recorder != nil { handOverEvents() }
         if gaugeKind == .undetermined { updateGauge() }
         if !reportedStop, let reason = decoder.stoppedReason {
             reportedStop = true
@@ -92,6 +97,7 @@ final class ConnectionTap {
         closed = true
         let now = WallClock.nowNanos()
         decoder.close(at: now, emit: submit)
+        if recorder != nil { handOverEvents() }
         updateGauge()
         gauge?.move(from: gaugeKind.rawValue, to: nil)
         if !lostCalls.isEmpty {
@@ -104,11 +110,22 @@ final class ConnectionTap {
             if ids.count > 1 { metadata["correlation_ids"] = .array(ids.map { .string($0) }) }
             logger.warning("connection closed with calls in flight", metadata: metadata)
         }
-        pipeline.submit(
-            connection: ConnectionSummary(
-                info: info, kind: decoder.kind.rawValue, bytesToServer: decoder.bytesToServer,
-                bytesToClient: decoder.bytesToClient, endTimeUnixNano: now, decodingStopped: decoder.stoppedReason,
-                closeReason: closeReason, calls: calls))
+        let summary = ConnectionSummary(
+            info: info, kind: decoder.kind.rawValue, bytesToServer: decoder.bytesToServer,
+            bytesToClient: decoder.bytesToClient, endTimeUnixNano: now, decodingStopped: decoder.stoppedReason,
+            closeReason: closeReason, calls: calls)
+        recorder?.connectionClosed(summary)
+        pipeline.submit(connection: summary)
+    }
+
+    /// Passes the decoder's events to the recorder; when it has stopped, the decoder stops producing them.
+    private func handOverEvents() {
+        let events = decoder.takeEvents()
+        guard !events.isEmpty, let recorder else { return }
+        if !recorder.submit(connection: info.id, events: events) {
+            decoder.stopEvents()
+            self.recorder = nil
+        }
     }
 
     private func submit(_ record: GRPCCallRecord) {

@@ -40,12 +40,18 @@ public final class TapProxy: Sendable {
     private let connections = Mutex<[UInt64: any Channel]>([:])
     private let nextConnectionID = Atomic<UInt64>(1)
     private let tlsContexts = Mutex<(server: NIOSSLContext?, client: NIOSSLContext?)>((nil, nil))
+    private let recorder: SessionRecorder?
 
-    public init(configuration: ProxyConfiguration, pipeline: SpanPipeline, group: any EventLoopGroup, logger: Logger) {
+    /// `recorder`, when given, gets every connection's events (`--record`); the limits must have `recordEvents` on.
+    public init(
+        configuration: ProxyConfiguration, pipeline: SpanPipeline, group: any EventLoopGroup, logger: Logger,
+        recorder: SessionRecorder? = nil
+    ) {
         self.configuration = configuration
         self.pipeline = pipeline
         self.group = group
         self.logger = logger
+        self.recorder = recorder
     }
 
     /// True while the listener accepts connections.
@@ -127,7 +133,8 @@ public final class TapProxy: Sendable {
         var connectionLogger = logger
         connectionLogger[metadataKey: "connection"] = "\(id)"
         let tap = ConnectionTap(
-            info: info, pipeline: pipeline, limits: configuration.limits, logger: connectionLogger, gauge: openGauge)
+            info: info, pipeline: pipeline, limits: configuration.limits, logger: connectionLogger, gauge: openGauge,
+            recorder: recorder)
         let (clientHandler, upstreamHandler) = SpliceHandler.pair(tap: tap)
         let loop = child.eventLoop
         let handlers = NIOLoopBound((clientHandler, upstreamHandler), eventLoop: loop)

@@ -18,6 +18,8 @@ public struct ProxyRunOptions: Sendable {
     public var threads: Int = System.coreCount
     /// Where to serve `/metrics` and `/health`, if anywhere.
     public var metricsAddress: TapAddress?
+    /// `--record`: where and how to record the session.
+    public var recording: RecordingOptions?
     /// OTLP/HTTP export (`--otlp`), if any.
     public var otlp: OTLPExporter.Configuration?
     /// Trace2 sources (`--trace2-socket`, `--trace2-dir`); none by default.
@@ -43,11 +45,20 @@ public enum ProxyRuntime {
         }
         let metrics = options.metricsAddress.map { _ in TapMetrics() }
         let collector = options.trace2.isEnabled ? Trace2Collector(configuration: options.trace2.collector, logger: logger) : nil
+        var configuration = options.proxy
+        let recorder = try options.recording.map { recording in
+            configuration.limits.recordEvents = true
+            configuration.limits.messageCapture = recording.limits.maxMessageBytes
+            return try SessionRecorder(
+                options: recording, listen: configuration.listen.description,
+                upstream: configuration.upstream.description, logger: logger)
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.threads))
         let exporter = options.otlp.map { OTLPExporter(configuration: $0, group: group, logger: logger) }
         if let exporter { sinks.append(exporter) }
         let pipeline = SpanPipeline(sinks: sinks, metrics: metrics, observer: collector, logger: logger)
-        let proxy = TapProxy(configuration: options.proxy, pipeline: pipeline, group: group, logger: logger)
+        let proxy = TapProxy(
+            configuration: configuration, pipeline: pipeline, group: group, logger: logger, recorder: recorder)
         let signals = SignalStream.termination()
         var metricsServer: MetricsServer?
         var trace2: Trace2Runtime?
@@ -70,6 +81,7 @@ public enum ProxyRuntime {
         } catch {
             await proxy.stop(drain: .zero)
             await trace2?.stop()
+            await recorder?.finish()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -90,6 +102,7 @@ public enum ProxyRuntime {
             }
             await proxy.stop(drain: options.drainTimeout)
             await trace2?.stop()
+            await recorder?.finish()
             pipeline.finish()
             await metricsServer?.close()
             await tasks.next()

@@ -1,0 +1,221 @@
+import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Why a recording file could not be opened or written, phrased for the log.
+public struct RecordingWriteError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Appends records to a recording: `FILE`, then `FILE.1`, `FILE.2`, ... when a file reaches its size cap.
+///
+/// Not thread-safe: one writer thread owns it. Every file is created with mode 0600 and starts with the file
+/// header and a segment record. Records are buffered and written in blocks; `flush()` pushes them to the kernel.
+/// A write error is thrown once and the writer refuses further work (`isStopped`).
+public final class RecordingWriter {
+    /// The first file's path; later files append `.N`.
+    public let path: String
+    public let limits: RecordingLimits
+    private var info: SegmentInfo
+    private var fd: Int32 = -1
+    private var buffer = ByteBuffer()
+    private var bytesInFile: UInt64 = 0
+    /// Paths of the files written so far.
+    public private(set) var files: [String] = []
+    /// True after the file limit was reached or a write failed.
+    public private(set) var isStopped = false
+    /// Records written (all files).
+    public private(set) var recordCount = 0
+    private let clock: @Sendable () -> UInt64
+
+    /// Creates (or truncates) `path` with mode 0600 and writes its header.
+    ///
+    /// - Throws: `RecordingWriteError` naming the file and the system's reason.
+    public init(
+        path: String, limits: RecordingLimits, listen: String, upstream: String, toolVersion: String,
+        clock: @escaping @Sendable () -> UInt64
+    ) throws(RecordingWriteError) {
+        self.path = path
+        self.limits = limits
+        self.clock = clock
+        var id = [UInt8](repeating: 0, count: 16)
+        var generator = SystemRandomNumberGenerator()
+        for i in id.indices { id[i] = UInt8.random(in: 0...255, using: &generator) }
+        self.info = SegmentInfo(
+            sessionID: id, index: 0, createdTime: clock(), toolVersion: toolVersion, listen: listen, upstream: upstream,
+            maxMessageBytes: UInt64(limits.maxMessageBytes), maxFileBytes: limits.maxFileBytes,
+            maxSidechannelBytes: UInt64(limits.maxSidechannelBytes), personalMetadataRedacted: limits.redactPersonal)
+        try openFile(path)
+    }
+
+    deinit {
+        if fd >= 0 { close(fd) }
+    }
+
+    /// The name of file number `index` of the recording at `path`.
+    public static func segmentPath(_ path: String, index: Int) -> String {
+        index == 0 ? path : "\(path).\(index)"
+    }
+
+    private func openFile(_ file: String) throws(RecordingWriteError) {
+        let opened = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard opened >= 0 else { throw RecordingWriteError("cannot create recording \(file): \(Self.errnoText())") }
+        // An existing file keeps its mode through O_TRUNC; a recording is never readable by others.
+        guard fchmod(opened, 0o600) == 0 else {
+            let reason = Self.errnoText()
+            close(opened)
+            throw RecordingWriteError("cannot restrict recording \(file) to mode 0600: \(reason)")
+        }
+        fd = opened
+        files.append(file)
+        bytesInFile = 0
+        buffer.clear()
+        buffer.writeBytes(RecordFormat.fileHeader)
+        bytesInFile = UInt64(RecordFormat.fileHeaderSize)
+        appendRaw(.segment(info))
+    }
+
+    private func appendRaw(_ record: SessionRecord) {
+        let before = buffer.writerIndex
+        record.encode(into: &buffer)
+        bytesInFile += UInt64(buffer.writerIndex - before)
+        recordCount += 1
+    }
+
+    /// Appends `record`, starting the next file first when this one would pass `maxFileBytes`.
+    ///
+    /// - Throws: `RecordingWriteError` when writing fails; the writer is stopped afterwards.
+    public func append(_ record: SessionRecord) throws(RecordingWriteError) {
+        guard !isStopped else { return }
+        // Room is kept for the records that close a file (next-file pointer, stop notice, end marker).
+        let size = UInt64(record.encodedSizeEstimate) + Self.closingReserve
+        if bytesInFile + size > limits.maxFileBytes,
+            bytesInFile > UInt64(RecordFormat.fileHeaderSize) + Self.closingReserve
+        {
+            try rotate()
+            guard !isStopped else { return }
+        }
+        appendRaw(record)
+        if buffer.readableBytes >= 1 << 20 { try flush(wholeBlocksOnly: true) }
+    }
+
+    /// Bytes per `write(2)`.
+    public static let blockSize = 64 * 1024
+
+    /// Sleeps this long before each block: a slow disk, for tests of what happens then.
+    public var blockDelay: Duration?
+
+    /// An upper bound of the records written when a file is closed.
+    static let closingReserve: UInt64 = 1024
+
+    private func rotate() throws(RecordingWriteError) {
+        let next = files.count
+        guard next < limits.maxFiles else {
+            appendRaw(
+                .notice(
+                    time: clock(), kind: .recordingStopped,
+                    text: "recording stopped: \(limits.maxFiles) files of at most \(limits.maxFileBytes) bytes are full"
+                ))
+            try flush()
+            closeFile()
+            isStopped = true
+            return
+        }
+        let nextPath = Self.segmentPath(path, index: next)
+        appendRaw(
+            .segmentEnd(time: clock(), nextFile: nextPath.split(separator: "/").last.map(String.init) ?? nextPath))
+        try flush()
+        closeFile()
+        info.index = UInt32(next)
+        info.createdTime = clock()
+        try openFile(nextPath)
+    }
+
+    /// Writes buffered records to the file, in blocks of `blockSize`.
+    ///
+    /// With `wholeBlocksOnly` (during a burst) the bytes short of a whole block stay buffered for the next call; a
+    /// record can then be half in the file, which a reader detects as a torn tail should the process die there.
+    public func flush(wholeBlocksOnly: Bool = false) throws(RecordingWriteError) {
+        guard fd >= 0, buffer.readableBytes > 0 else { return }
+        let total = wholeBlocksOnly ? buffer.readableBytes / Self.blockSize * Self.blockSize : buffer.readableBytes
+        guard total > 0 else { return }
+        let delay = blockDelay
+        let failure: String? = buffer.withUnsafeReadableBytes { raw in
+            var offset = 0
+            while offset < total {
+                if let delay { Self.sleep(delay) }
+                let n = write(fd, raw.baseAddress! + offset, min(Self.blockSize, total - offset))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return Self.errnoText()
+                }
+                offset += n
+            }
+            return nil
+        }
+        buffer.moveReaderIndex(forwardBy: total)
+        if buffer.readableBytes == 0 { buffer.clear() } else { buffer.discardReadBytes() }
+        if let failure {
+            closeFile()
+            isStopped = true
+            throw RecordingWriteError("cannot write recording \(files.last ?? path): \(failure)")
+        }
+    }
+
+    /// Writes `notice` (if any) and the end marker, flushes and closes the file.
+    public func finish(notice: String? = nil) throws(RecordingWriteError) {
+        guard fd >= 0 else { return }
+        if let notice { appendRaw(.notice(time: clock(), kind: .recordingStopped, text: notice)) }
+        appendRaw(.recordingEnded(time: clock()))
+        try flush()
+        _ = fsync(fd)
+        closeFile()
+        isStopped = true
+    }
+
+    /// Stops without an end marker (after a failure): what was written stays readable.
+    public func abandon() {
+        buffer.clear()
+        closeFile()
+        isStopped = true
+    }
+
+    private func closeFile() {
+        if fd >= 0 { close(fd) }
+        fd = -1
+    }
+
+    private static func sleep(_ delay: Duration) {
+        let (seconds, attos) = delay.components
+        var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int(attos / 1_000_000_000))
+        var rest = timespec()
+        while nanosleep(&ts, &rest) != 0, errno == EINTR { ts = rest }
+    }
+
+    private static func errnoText() -> String {
+        String(cString: strerror(errno))
+    }
+}
+
+extension SessionRecord {
+    /// The encoded size, give or take the header strings (used only to decide rotation).
+    var encodedSizeEstimate: Int {
+        switch self {
+        case .message(_, _, _, _, _, let payload): return payload.readableBytes + 40
+        case .sidechannelData(_, _, _, let payload): return payload.readableBytes + 40
+        case .callStarted(_, _, _, _, _, _, let path, let headers):
+            return headers.reduce(64 + path.utf8.count) { $0 + $1.name.utf8.count + $1.value.count + 7 }
+        case .trailers(_, _, _, let headers), .responseHeaders(_, _, let headers):
+            return headers.reduce(64) { $0 + $1.name.utf8.count + $1.value.count + 7 }
+        case .notice(_, _, let text): return text.utf8.count + 32
+        case .segment(let info):
+            return info.listen.utf8.count + info.upstream.utf8.count + info.toolVersion.utf8.count + 96
+        default: return 128
+        }
+    }
+}

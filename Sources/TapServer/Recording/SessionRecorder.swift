@@ -1,0 +1,265 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import TapRecord
+import TapTrace
+import TapWire
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Settings of `proxy --record`.
+public struct RecordingOptions: Sendable {
+    /// The first file; later files are `PATH.1`, `PATH.2`, ...
+    public var path: String
+    public var limits: RecordingLimits
+    /// Bytes of payload waiting for the writer; past it the writer is too slow and recording stops.
+    public var maxQueuedBytes = 64 << 20
+    /// A pause before each block written: simulates a slow disk (tests; `GITALY_TAP_RECORD_BLOCK_DELAY_MS`).
+    public var blockDelay: Duration?
+
+    public init(path: String, limits: RecordingLimits = RecordingLimits()) {
+        self.path = path
+        self.limits = limits
+    }
+}
+
+/// Writes what the connections observed to a recording, on a thread of its own.
+///
+/// The event loops only enqueue (`submit` takes a lock and appends); the writer thread encodes and writes. The
+/// queue is bounded by payload bytes: when the disk is slow and the queue fills, or a write fails (disk full),
+/// recording stops for good with one log line and a notice in the file (when the file can still take it), and
+/// `submit` tells the connections to stop producing events. Forwarding never waits for the recorder.
+public final class SessionRecorder: Sendable {
+    enum Item: Sendable {
+        case opened(connection: UInt64, time: UInt64, transport: String, peer: String)
+        case events(connection: UInt64, [WireEvent])
+        case closed(ConnectionSummary)
+        case stop(String)
+    }
+
+    private struct Queue {
+        var items: [Item] = []
+        var bytes = 0
+        var draining = false
+        var stopped = false
+        var finishing: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private struct Output {
+        var writer: RecordingWriter?
+        var encoder: EventEncoder
+    }
+
+    public let options: RecordingOptions
+    private let queue = Mutex(Queue())
+    private let output: Mutex<Output>
+    private let pool: NIOThreadPool
+    private let logger: Logger
+    private let written = Atomic<Int>(0)
+
+    /// Creates the recording file (mode 0600) and starts the writer thread.
+    ///
+    /// - Throws: `ProxyStartError` when the file cannot be created.
+    public init(options: RecordingOptions, listen: String, upstream: String, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        let writer: RecordingWriter
+        do {
+            writer = try RecordingWriter(
+                path: options.path, limits: options.limits, listen: listen, upstream: upstream,
+                toolVersion: "gitaly-tap", clock: { WallClock.nowNanos() })
+            try writer.flush()
+        } catch {
+            throw ProxyStartError(description: "\(error.description) (--record)")
+        }
+        writer.blockDelay = options.blockDelay
+        // Past a file-size limit (RLIMIT_FSIZE) the kernel would kill the process with SIGXFSZ; ignored, the write
+        // fails with EFBIG instead and only the recording stops, like on a full disk.
+        signal(SIGXFSZ, SIG_IGN)
+        output = Mutex(Output(writer: writer, encoder: EventEncoder(limits: options.limits)))
+        pool = NIOThreadPool(numberOfThreads: 1)
+        pool.start()
+        logger.info(
+            "recording", metadata: ["file": "\(options.path)", "redact_personal": "\(options.limits.redactPersonal)"])
+    }
+
+    /// False once recording has stopped: the caller should stop producing events.
+    public var isRecording: Bool { queue.withLock { !$0.stopped } }
+
+    /// Records written so far.
+    public var recordsWritten: Int { written.load(ordering: .relaxed) }
+
+    func connectionOpened(_ info: ConnectionInfo) {
+        _ = enqueue(
+            .opened(connection: info.id, time: info.startTimeUnixNano, transport: info.transport, peer: info.peer),
+            bytes: 0)
+    }
+
+    /// Hands over a connection's events; false when recording has stopped.
+    func submit(connection: UInt64, events: [WireEvent]) -> Bool {
+        var bytes = 0
+        for event in events {
+            switch event.kind {
+            case .message(let m): bytes += m.payload.readableBytes
+            case .sidechannelData(_, let b): bytes += b.readableBytes
+            default: bytes += 64
+            }
+        }
+        return enqueue(.events(connection: connection, events), bytes: bytes)
+    }
+
+    func connectionClosed(_ summary: ConnectionSummary) {
+        _ = enqueue(.closed(summary), bytes: 0)
+    }
+
+    private func enqueue(_ item: Item, bytes: Int) -> Bool {
+        let (accepted, schedule, overflow) = queue.withLock { q -> (Bool, Bool, Bool) in
+            guard !q.stopped else { return (false, false, false) }
+            if q.bytes + bytes > options.maxQueuedBytes {
+                q.stopped = true
+                q.items.append(
+                    .stop("the writer fell more than \(options.maxQueuedBytes) bytes behind (disk too slow)"))
+                let schedule = !q.draining
+                q.draining = true
+                return (false, schedule, true)
+            }
+            q.items.append(item)
+            q.bytes += bytes
+            let schedule = !q.draining
+            q.draining = true
+            return (true, schedule, false)
+        }
+        if overflow {
+            logger.error(
+                "recording stopped: the writer fell behind (disk too slow); traffic continues unrecorded",
+                metadata: ["file": "\(options.path)", "queued_bytes_limit": "\(options.maxQueuedBytes)"])
+        }
+        if schedule { pool.submit { [self] _ in drain() } }
+        return accepted
+    }
+
+    /// Runs on the writer thread; only one drain runs at a time (`draining`).
+    private func drain() {
+        while true {
+            let (items, waiting) = queue.withLock { q -> ([Item], [CheckedContinuation<Void, Never>]) in
+                let items = q.items
+                q.items = []
+                q.bytes = 0
+                if items.isEmpty {
+                    q.draining = false
+                    let waiting = q.finishing
+                    q.finishing = []
+                    return (items, waiting)
+                }
+                return (items, [])
+            }
+            if items.isEmpty {
+                // Idle: everything goes to the file now; during a burst only whole blocks were written.
+                output.withLock { out in flushAll(&out) }
+                for continuation in waiting { continuation.resume() }
+                return
+            }
+            output.withLock { out in write(items, to: &out) }
+        }
+    }
+
+    private func write(_ items: [Item], to out: inout Output) {
+        guard let writer = out.writer else { return }
+        var count = 0
+        do {
+            for item in items {
+                switch item {
+                case .opened(let connection, let time, let transport, let peer):
+                    try writer.append(
+                        .connectionOpened(connection: connection, time: time, transport: transport, peer: peer))
+                    count += 1
+                case .events(let connection, let events):
+                    for event in events {
+                        for record in out.encoder.records(for: event, connection: connection) {
+                            try writer.append(record)
+                            count += 1
+                        }
+                    }
+                case .closed(let s):
+                    try writer.append(
+                        .connectionClosed(
+                            connection: s.info.id, time: s.endTimeUnixNano, kind: s.kind,
+                            bytesToServer: UInt64(s.bytesToServer), bytesToClient: UInt64(s.bytesToClient),
+                            reason: s.closeReason, decodingStopped: s.decodingStopped))
+                    count += 1
+                case .stop(let reason):
+                    try writer.finish(notice: "recording stopped: \(reason)")
+                    out.writer = nil
+                    return
+                }
+                if writer.isStopped {
+                    // The file limit was reached; the writer wrote its notice.
+                    stopQueue()
+                    logger.warning(
+                        "recording stopped: file limit reached; traffic continues unrecorded",
+                        metadata: ["file": "\(options.path)", "files": "\(writer.files.count)"])
+                    out.writer = nil
+                    return
+                }
+            }
+        } catch {
+            stopQueue()
+            logger.error(
+                "recording stopped: \(error.description); traffic continues unrecorded",
+                metadata: ["file": "\(options.path)"])
+            writer.abandon()
+            out.writer = nil
+        }
+        written.add(count, ordering: .relaxed)
+    }
+
+    private func flushAll(_ out: inout Output) {
+        guard let writer = out.writer else { return }
+        do {
+            try writer.flush()
+        } catch {
+            stopQueue()
+            logger.error(
+                "recording stopped: \(error.description); traffic continues unrecorded",
+                metadata: ["file": "\(options.path)"])
+            writer.abandon()
+            out.writer = nil
+        }
+    }
+
+    private func stopQueue() {
+        queue.withLock {
+            $0.stopped = true
+            $0.items = []
+            $0.bytes = 0
+        }
+    }
+
+    /// Writes what is queued, closes the recording with its end marker and stops the writer thread.
+    public func finish() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let schedule = queue.withLock { q -> Bool in
+                q.stopped = true
+                q.finishing.append(continuation)
+                let schedule = !q.draining
+                q.draining = true
+                return schedule
+            }
+            if schedule { pool.submit { [self] _ in drain() } }
+        }
+        output.withLock { out in
+            guard let writer = out.writer else { return }
+            do {
+                try writer.finish()
+                logger.info("recording closed", metadata: ["files": "\(writer.files.joined(separator: ","))"])
+            } catch {
+                logger.error("recording could not be closed: \(error)", metadata: ["file": "\(options.path)"])
+            }
+            out.writer = nil
+        }
+        try? await pool.shutdownGracefully()
+    }
+}
