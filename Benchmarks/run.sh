@@ -26,4 +26,5 @@ BIN="$(cd Benchmarks && swift build -c release --show-bin-path)/tapbench"
 
 ulimit -n 20000 2>/dev/null || true
 echo "load: $(uptime)"
+export BENCH_COMMAND="Benchmarks/run.sh $*"
 exec "$BIN" run --tap "$REPO/.build/release/gitaly-tap" --markdown "$REPO/BENCHMARKS.md" "$@"

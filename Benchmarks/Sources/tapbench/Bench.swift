@@ -4,6 +4,8 @@ import NIOPosix
 
 struct BenchOptions {
     var tap = "../.build/release/gitaly-tap"
+    /// Another gitaly-tap build to run side by side (path name `tap-base`), e.g. the build before an optimization.
+    var baselineTap: String?
     var label = "latest"
     var markdown: String?
     var calls = 20_000
@@ -182,6 +184,16 @@ final class Bench {
                     log: "\(work)/tap-\(transport).log")
                 children.append(child)
                 paths.append(BenchPath(name: "tap", transport: transport, endpoint: ep, child: child))
+            }
+            if let baseline = options.baselineTap, wanted("tap-base") {
+                let ep = endpoint("tapbase")
+                let child = try Child(
+                    name: "tapbase-\(transport)", executable: baseline,
+                    arguments: ["proxy", "--listen", address(ep), "--upstream", upstreamAddress,
+                                "--spans", "\(work)/spans-base-\(transport).jsonl", "--log-level", "warning", "--log-format", "text"],
+                    log: "\(work)/tapbase-\(transport).log")
+                children.append(child)
+                paths.append(BenchPath(name: "tap-base", transport: transport, endpoint: ep, child: child))
             }
             if recordingAvailable, wanted("tap+record") {
                 let ep = endpoint("taprec")

@@ -21,6 +21,7 @@ case "run":
     var options = BenchOptions()
     options.tap = argument("--tap", in: args) ?? options.tap
     options.label = argument("--label", in: args) ?? options.label
+    options.baselineTap = argument("--baseline-tap", in: args)
     options.markdown = argument("--markdown", in: args)
     if args.contains("--quick") {
         options.calls = 3000
@@ -36,7 +37,7 @@ case "run":
     if let value = argument("--rounds", in: args).flatMap({ Int($0) }) { options.rounds = value }
     if let value = argument("--only", in: args) { options.only = Set(value.split(separator: ",").map(String.init)) }
     if let value = argument("--transports", in: args) { options.transports = value.split(separator: ",").map(String.init) }
-    options.command = "Benchmarks/run.sh " + args.dropFirst().joined(separator: " ")
+    options.command = ProcessInfo.processInfo.environment["BENCH_COMMAND"] ?? ("tapbench " + args.joined(separator: " "))
     try Bench(options: options).run()
 default:
     FileHandle.standardError.write("usage: tapbench upstream --unix PATH --port N | tapbench run --tap PATH [...]\n".data(using: .utf8)!)
