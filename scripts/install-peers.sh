@@ -4,6 +4,8 @@
 #   - Python venv <repo>/.peers/venv: grpcio, grpcio-tools, protobuf, hgitaly, opentelemetry-proto
 #     (pinned in Tests/Peers/requirements.txt)
 #   - Python code generated from Tests/Peers/proto/taptest.proto into <repo>/.peers/gen/
+#   - Debian Go 1.19 + grpc-go 1.33 + hashicorp/yamux sources; the Go peers (Tests/Peers/go) built in GOPATH mode
+#     into <repo>/.peers/bin/gitaly-peer (or $GO_PEERS_BIN/gitaly-peer)
 # Idempotent and quiet: one line per step; the output of a failing step is shown.
 # Environment: PEERS_PYTHON (default python3.11, else python3) picks the interpreter.
 set -euo pipefail
@@ -15,7 +17,8 @@ GEN="$PEERS/gen"
 REQ="$REPO/Tests/Peers/requirements.txt"
 PROTO_DIR="$REPO/Tests/Peers/proto"
 LOG="$PEERS/install.log"
-APT_PACKAGES=(nghttp2-proxy nghttp2-client haproxy socat)
+APT_PACKAGES=(nghttp2-proxy nghttp2-client haproxy socat golang-go golang-google-grpc-dev
+    golang-github-hashicorp-yamux-dev golang-google-protobuf-dev)
 
 mkdir -p "$PEERS"
 
@@ -52,7 +55,7 @@ if ((${#missing[@]})); then
 else
     echo "apt: ${APT_PACKAGES[*]} already installed"
 fi
-for bin in nghttpx nghttp h2load haproxy socat; do
+for bin in nghttpx nghttp h2load haproxy socat go; do
     command -v "$bin" >/dev/null || fail "$bin not on PATH after installing Debian packages"
 done
 
@@ -96,3 +99,12 @@ run "protoc taptest.proto" "$VENV/bin/python" -m grpc_tools.protoc -I "$PROTO_DI
     --python_out="$GEN" --grpc_python_out="$GEN" "$PROTO_DIR/taptest.proto"
 [ -f "$GEN/taptest_pb2.py" ] && [ -f "$GEN/taptest_pb2_grpc.py" ] || fail "protoc produced no taptest_pb2*.py"
 echo "gen: $GEN/taptest_pb2.py, taptest_pb2_grpc.py"
+
+# 4. The Go peers (Gitaly-like upstream, Shell-like and Workhorse-like backchannel clients), offline, GOPATH mode.
+GO_BIN_DIR="${GO_PEERS_BIN:-$PEERS/bin}"
+GO_CACHE="${GO_PEERS_CACHE:-$PEERS/gocache}"
+mkdir -p "$GO_BIN_DIR" "$GO_CACHE"
+run "go build Tests/Peers/go" env -C "$REPO/Tests/Peers/go" GO111MODULE=off GOFLAGS= GOPATH=/usr/share/gocode \
+    GOCACHE="$GO_CACHE" go build -o "$GO_BIN_DIR/gitaly-peer" .
+[ -x "$GO_BIN_DIR/gitaly-peer" ] || fail "go build produced no $GO_BIN_DIR/gitaly-peer"
+echo "go: $GO_BIN_DIR/gitaly-peer"

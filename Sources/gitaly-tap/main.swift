@@ -1,6 +1,8 @@
 import ArgumentParser
+import Foundation
 import Logging
 import TapServer
+import TapTrace
 
 #if canImport(Glibc)
 import Glibc
@@ -12,8 +14,38 @@ struct GitalyTap: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gitaly-tap",
         abstract: "A transparent sidecar in front of Gitaly that records one span per gRPC call.",
-        subcommands: [Proxy.self]
+        subcommands: [Proxy.self, Demo.self]
     )
+
+    /// Expands `proxy --config FILE` into arguments before parsing (flags given on the command line win).
+    static func main() async {
+        let given = Array(CommandLine.arguments.dropFirst())
+        let options = ConfigArguments.options(fromHelp: helpMessage(for: Proxy.self, columns: 10_000))
+        let expanded: (arguments: [String], origins: [ConfigArguments.Origin], path: String?)
+        do {
+            expanded = try ConfigArguments.expand(given, subcommand: "proxy", options: options) { path in
+                try String(contentsOfFile: path, encoding: .utf8)
+            }
+        } catch {
+            FileHandleStderr.write("gitaly-tap: error: \(error)\n")
+            Glibc.exit(1)
+        }
+        if let path = expanded.path {
+            // A value from the file that the command rejects is reported with the file's line.
+            do {
+                _ = try parseAsRoot(expanded.arguments)
+            } catch {
+                let code = exitCode(for: error)
+                if code != .success {
+                    let message = ConfigArguments.annotate(
+                        message(for: error), origins: expanded.origins, path: path, commandLine: given)
+                    FileHandleStderr.write("gitaly-tap: error: \(message)\n")
+                    Glibc.exit(code.rawValue)
+                }
+            }
+        }
+        await main(expanded.arguments)
+    }
 }
 
 /// A user mistake, printed as one line.
@@ -64,10 +96,10 @@ struct Proxy: AsyncParsableCommand {
         abstract: "Listen for Gitaly clients, forward every byte to the upstream Gitaly, record spans."
     )
 
-    @Option(help: "Where clients connect: unix:/abs/path or tcp://host:port.")
+    @Option(help: "Where clients connect: unix:/abs/path, tcp://host:port or tls://host:port.")
     var listen: String
 
-    @Option(help: "The Gitaly to forward to: unix:/abs/path or tcp://host:port.")
+    @Option(help: "The Gitaly to forward to: unix:/abs/path, tcp://host:port or tls://host:port.")
     var upstream: String
 
     @Option(help: "Span log (JSON lines): a file path, or - for standard output.")
@@ -85,6 +117,54 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Serve Prometheus /metrics and /health on tcp://host:port or unix:/path.")
     var metrics: String?
 
+    @Option(help: "Certificate chain (PEM) that clients see on a tls:// --listen address.")
+    var tlsCert: String?
+
+    @Option(help: "Private key (PEM) of --tls-cert.")
+    var tlsKey: String?
+
+    @Option(help: "CA bundle (PEM) that a tls:// --upstream certificate must chain to (default: the system store).")
+    var upstreamCa: String?
+
+    @Option(help: "Name to verify in a tls:// --upstream certificate (default: the upstream host).")
+    var upstreamServerName: String?
+
+    @Option(help: "Export spans over OTLP/HTTP to this collector or Jaeger, e.g. http://127.0.0.1:4318 (posts to /v1/traces).")
+    var otlp: String?
+
+    @Option(help: "OTLP body encoding: protobuf or json.")
+    var otlpEncoding: String = "protobuf"
+
+    @Option(help: "service.name of the exported spans.")
+    var serviceName: String = OTLPResource.defaultServiceName
+
+    @Option(help: "TOML configuration file; every flag has a key of the same name (drain_timeout = 30), flags win.")
+    var config: String?
+
+    @Flag(help: "Check the settings (addresses, certificates) and print the effective ones as TOML, then exit.")
+    var check = false
+
+    /// The effective settings, as a configuration file would write them.
+    var effectiveSettings: String {
+        var lines: [String] = []
+        func add(_ key: String, _ value: String?) { if let value { lines.append("\(key) = \"\(value)\"") } }
+        add("listen", listen)
+        add("upstream", upstream)
+        add("spans", spans)
+        lines.append("drain_timeout = \(drainTimeout)")
+        add("log_level", logLevel)
+        add("log_format", logFormat)
+        add("metrics", metrics)
+        add("tls_cert", tlsCert)
+        add("tls_key", tlsKey)
+        add("upstream_ca", upstreamCa)
+        add("upstream_server_name", upstreamServerName)
+        add("otlp", otlp)
+        add("otlp_encoding", otlpEncoding)
+        add("service_name", serviceName)
+        return lines.joined(separator: "\n") + "\n"
+    }
+
     func run() async throws {
         let logger = try makeLogger(level: logLevel, format: logFormat)
         let listenAddress: TapAddress
@@ -99,6 +179,22 @@ struct Proxy: AsyncParsableCommand {
             proxy: ProxyConfiguration(listen: listenAddress, upstream: upstreamAddress),
             spansPath: spans)
         options.drainTimeout = .seconds(drainTimeout)
+        options.proxy.tls.certificatePath = tlsCert
+        options.proxy.tls.keyPath = tlsKey
+        options.proxy.tls.upstreamCAPath = upstreamCa
+        options.proxy.tls.upstreamServerName = upstreamServerName
+        if case .tls = listenAddress {} else if tlsCert != nil || tlsKey != nil {
+            logger.warning("--tls-cert/--tls-key are ignored: --listen is not a tls:// address")
+        }
+        if check {
+            do {
+                try options.proxy.tls.check(listen: listenAddress, upstream: upstreamAddress)
+            } catch {
+                throw fail(error.description)
+            }
+            print(effectiveSettings, terminator: "")
+            return
+        }
         if let metrics {
             do {
                 options.metricsAddress = try TapAddress(parsing: metrics)
@@ -106,9 +202,51 @@ struct Proxy: AsyncParsableCommand {
                 throw fail("--metrics: \(error)")
             }
         }
+        if let otlp {
+            do {
+                options.otlp = try Self.otlpConfiguration(url: otlp, encoding: otlpEncoding, serviceName: serviceName)
+            } catch {
+                throw fail("\(error)")
+            }
+        }
         do {
             try await ProxyRuntime.run(options, logger: logger)
         } catch let error as ProxyStartError {
+            throw fail(error.description)
+        }
+    }
+
+    static func otlpConfiguration(url: String, encoding: String, serviceName: String) throws -> OTLPExporter.Configuration {
+        let endpoint = try OTLPEndpoint(parsing: url)
+        guard let parsedEncoding = OTLPEncoding(rawValue: encoding) else {
+            throw UsageFailure(description: "--otlp-encoding must be protobuf or json, not '\(encoding)'")
+        }
+        guard !serviceName.isEmpty else { throw UsageFailure(description: "--service-name must not be empty") }
+        let resource = OTLPResource(serviceName: serviceName, hostName: OTLPExporter.localHostName())
+        return OTLPExporter.Configuration(endpoint: endpoint, encoding: parsedEncoding, resource: resource)
+    }
+}
+
+/// `gitaly-tap demo`: the newcomer's first command (see DemoRunner).
+struct Demo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Clone a small repository through the tap with real git (SSH-like and HTTP-like paths over the "
+            + "backchannel) and print the traces it recorded."
+    )
+
+    @Option(help: "The Go peer binary (default: $GITALY_TAP_GO_PEER, else .peers/bin/gitaly-peer).")
+    var peer: String?
+
+    @Flag(help: "Keep the scratch directory (repositories, sockets, peer logs).")
+    var keep = false
+
+    func run() async throws {
+        var options = DemoOptions()
+        options.peerPath = peer
+        options.keepDirectory = keep
+        do {
+            try await DemoRunner.run(options) { print($0) }
+        } catch let error as DemoError {
             throw fail(error.description)
         }
     }

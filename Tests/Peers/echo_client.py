@@ -245,6 +245,20 @@ def sc_deadline(stub, md, args):
     return r
 
 
+def sc_slow_stream(stub, md, args):
+    r = Result("slow_stream", "/taptest.Echo/ServerStream", "OK")
+    req = pb.EchoRequest(reply_count=15, reply_size=4 * KiB, interval_ms=200)
+    call = stub.ServerStream(r.request(req), metadata=md)
+    stream_call(r, call, lambda c: [r.reply(x) for x in c])
+    r.check(r.replies.count == 15, "15 replies over 3 s")
+    return r
+
+
+# Not part of "all": slow on purpose (shutdown tests).
+EXTRA_SCENARIOS = {
+    "slow_stream": sc_slow_stream,
+}
+
 SCENARIOS = {
     "unary": sc_unary,
     "unary_large": sc_unary_large,
@@ -262,7 +276,7 @@ SCENARIOS = {
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     peerlib.add_client_args(ap)
-    ap.add_argument("--scenario", required=True, choices=sorted(SCENARIOS) + ["all"])
+    ap.add_argument("--scenario", required=True, choices=sorted(SCENARIOS) + sorted(EXTRA_SCENARIOS) + ["all"])
     ap.add_argument("--count", type=int, default=1, help="repeat N times (one line per run)")
     args = ap.parse_args()
 
@@ -274,7 +288,7 @@ def main():
         for run in range(args.count):
             for name in names:
                 t0 = time.perf_counter()
-                out = SCENARIOS[name](stub, md, args).as_dict()
+                out = {**SCENARIOS, **EXTRA_SCENARIOS}[name](stub, md, args).as_dict()
                 out["run"] = run
                 if args.timing:
                     out["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)

@@ -72,4 +72,33 @@ struct MetricsTests {
             await endpoint.close()
         }
     }
+
+    @Test("open connections are counted by kind while they are open")
+    func openConnectionsByKind() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let (server, unixAddress, _) = try await EchoPeerTests.startEchoServer(in: dir)
+        defer { server.stop() }
+        try await TapHarness.with(listen: .unix(path: dir.file("tap.sock")), upstream: try TapAddress(parsing: unixAddress)) { tap in
+            func waitFor(_ expected: [String: Int]) async throws {
+                let deadline = ContinuousClock.now + .seconds(10)
+                while ContinuousClock.now < deadline {
+                    if tap.proxy.openConnectionsByKind.filter({ $0.value != 0 }) == expected { return }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                Issue.record("open connections by kind: \(tap.proxy.openConnectionsByKind), expected \(expected)")
+            }
+            var silent: RawSocket? = try RawSocket(connectingTo: tap.address)
+            try await waitFor(["undetermined": 1])
+            var h2: RawSocket? = try RawSocket(connectingTo: tap.address)
+            // The client preface and an empty SETTINGS frame.
+            try h2!.write(Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0])
+            try await waitFor(["undetermined": 1, "http2": 1])
+            // Closing the descriptors (deinit) ends both connections.
+            silent = nil
+            h2 = nil
+            _ = (silent, h2)
+            try await waitFor([:])
+        }
+    }
 }

@@ -1,7 +1,25 @@
 import Logging
 import NIOCore
+import Synchronization
 import TapTrace
 import TapWire
+
+/// Open connections by the kind the decoder found (`undetermined` until the first bytes tell).
+final class OpenConnectionGauge: Sendable {
+    private let counts = Mutex<[String: Int]>([:])
+
+    init() {}
+
+    func move(from old: String?, to new: String?) {
+        counts.withLock { counts in
+            if let old { counts[old, default: 0] -= 1 }
+            if let new { counts[new, default: 0] += 1 }
+        }
+    }
+
+    /// Kinds with their open count (kinds seen once stay listed at 0, as Prometheus prefers).
+    var current: [String: Int] { counts.withLock { $0 } }
+}
 
 /// The observing side of one proxied connection: feeds the decoder and hands what it finds to the pipeline.
 ///
@@ -16,12 +34,30 @@ final class ConnectionTap {
     private var closed = false
     private var closeReason = "closed"
     private var calls = 0
+    /// The correlation id of the latest call seen on this connection, for log lines.
+    private var correlationID: String?
+    /// Calls the connection's end cut off: method and correlation id.
+    private var lostCalls: [(path: String, correlationID: String?)] = []
+    private let gauge: OpenConnectionGauge?
+    private var gaugeKind: ConnectionKind = .undetermined
 
-    init(info: ConnectionInfo, pipeline: SpanPipeline, limits: GRPCCallAssembler.Limits, logger: Logger) {
+    init(
+        info: ConnectionInfo, pipeline: SpanPipeline, limits: GRPCCallAssembler.Limits, logger: Logger,
+        gauge: OpenConnectionGauge? = nil
+    ) {
         self.info = info
         self.pipeline = pipeline
         self.decoder = ConnectionDecoder(limits: limits)
         self.logger = logger
+        self.gauge = gauge
+        gauge?.move(from: nil, to: gaugeKind.rawValue)
+    }
+
+    private func updateGauge() {
+        if let gauge, decoder.kind != gaugeKind {
+            gauge.move(from: gaugeKind.rawValue, to: decoder.kind.rawValue)
+            gaugeKind = decoder.kind
+        }
     }
 
     func observe(_ buffer: ByteBuffer, direction: Direction) {
@@ -31,12 +67,13 @@ final class ConnectionTap {
             return
         }
         decoder.feed(buffer, direction: direction, at: now, emit: submit)
+        if gaugeKind == .undetermined { updateGauge() }
         if !reportedStop, let reason = decoder.stoppedReason {
             reportedStop = true
             pipeline.decodingStopped(reason: reason)
-            logger.warning(
-                "decoding stopped; forwarding continues",
-                metadata: ["connection": "\(info.id)", "reason": "\(reason)"])
+            var metadata: Logger.Metadata = ["connection": "\(info.id)", "reason": "\(reason)"]
+            if let correlationID { metadata["correlation_id"] = "\(correlationID)" }
+            logger.warning("decoding stopped; forwarding continues", metadata: metadata)
         }
     }
 
@@ -55,6 +92,18 @@ final class ConnectionTap {
         closed = true
         let now = WallClock.nowNanos()
         decoder.close(at: now, emit: submit)
+        updateGauge()
+        gauge?.move(from: gaugeKind.rawValue, to: nil)
+        if !lostCalls.isEmpty {
+            var metadata: Logger.Metadata = [
+                "connection": "\(info.id)", "reason": "\(closeReason)", "calls": "\(lostCalls.count)",
+                "methods": .array(lostCalls.map { .string($0.path) }),
+            ]
+            let ids = lostCalls.compactMap(\.correlationID)
+            if ids.count == 1 { metadata["correlation_id"] = "\(ids[0])" }
+            if ids.count > 1 { metadata["correlation_ids"] = .array(ids.map { .string($0) }) }
+            logger.warning("connection closed with calls in flight", metadata: metadata)
+        }
         pipeline.submit(
             connection: ConnectionSummary(
                 info: info, kind: decoder.kind.rawValue, bytesToServer: decoder.bytesToServer,
@@ -64,6 +113,9 @@ final class ConnectionTap {
 
     private func submit(_ record: GRPCCallRecord) {
         calls += 1
+        let id = record.requestMetadata.first { $0.name == "x-gitlab-correlation-id" }?.value
+        if let id { correlationID = id }
+        if case .connectionLost = record.end { lostCalls.append((record.path, id)) }
         pipeline.submit(call: record, connection: info)
     }
 }

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOSSL
+import NIOTLS
 
 /// TLS on either side of the tap. The tap terminates the client's TLS with its own certificate and opens its own
 /// TLS session to Gitaly; the bytes between the two (HTTP/2 or the backchannel magic and yamux) pass unchanged.
@@ -15,6 +16,12 @@ public struct TLSSettings: Sendable {
     public var upstreamServerName: String?
 
     public init() {}
+
+    /// Loads what `listen` and `upstream` need (certificate, key, CA), so a mistake shows before serving.
+    public func check(listen: TapAddress, upstream: TapAddress) throws(ProxyStartError) {
+        if case .tls = listen { _ = try serverContext() }
+        if case .tls = upstream { _ = try clientContext() }
+    }
 
     /// The server context for a `tls://` listener.
     func serverContext() throws(ProxyStartError) -> NIOSSLContext {
@@ -60,21 +67,40 @@ public struct TLSSettings: Sendable {
 final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
+    /// Shared by the two sides of one connection (both on its event loop): the first failure is the one to
+    /// report; closing the other side because of it makes no second line.
+    final class Shared: @unchecked Sendable {
+        var reported = false
+        init() {}
+    }
+
     private let side: String
     private let logger: Logger
-    private var logged = false
+    private let shared: Shared
+    private var handshakeDone = false
 
-    init(side: String, logger: Logger) {
+    init(side: String, logger: Logger, shared: Shared) {
         self.side = side
         self.logger = logger
+        self.shared = shared
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent { handshakeDone = true }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if !logged, error is NIOSSLError || error is BoringSSLError || "\(type(of: error))".contains("SSL") {
-            logged = true
-            logger.warning(
-                "TLS handshake with the \(side) failed; closing the connection",
-                metadata: ["error": "\(error)", "hint": "\(Self.hint(error, side: side))"])
+        if !shared.reported, error is NIOSSLError || error is BoringSSLError || "\(type(of: error))".contains("SSL") {
+            shared.reported = true
+            if handshakeDone {
+                // Many gRPC stacks close TCP without a TLS close_notify: an ordinary end, not a failure.
+                logger.debug("TLS session with the \(side) ended", metadata: ["error": "\(error)"])
+            } else {
+                logger.warning(
+                    "TLS handshake with the \(side) failed; closing the connection",
+                    metadata: ["error": "\(error)", "hint": "\(Self.hint(error, side: side))"])
+            }
         }
         context.fireErrorCaught(error)
     }
@@ -84,13 +110,16 @@ final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
         if text.contains("WRONG_VERSION_NUMBER") || text.contains("HTTP_REQUEST") || text.contains("uncleanShutdown") && side == "client" {
             return "is the client speaking plaintext to a tls:// address?"
         }
+        if text.contains("EOF during handshake") {
+            return "the \(side) closed the connection during the TLS handshake"
+        }
+        if text.contains("failedToValidateHostname") {
+            return "Gitaly's certificate is for another name: connect by that name or set --upstream-server-name"
+        }
         if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate") {
             return side == "upstream"
                 ? "Gitaly's certificate is not trusted, expired or for another name: check --upstream-ca and --upstream-server-name"
                 : "the client refused the tap's certificate: give clients the CA that signed --tls-cert"
-        }
-        if text.contains("failedToValidateHostname") {
-            return "Gitaly's certificate is for another name: set --upstream-server-name"
         }
         return "see the error"
     }

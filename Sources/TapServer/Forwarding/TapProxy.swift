@@ -54,6 +54,10 @@ public final class TapProxy: Sendable {
     /// Number of client connections currently open.
     public var openConnections: Int { connections.withLock { $0.count } }
 
+    /// Client connections open now, by kind (`http2`, `backchannel`, `opaque`, `undetermined`).
+    public var openConnectionsByKind: [String: Int] { openGauge.current }
+    private let openGauge = OpenConnectionGauge()
+
     /// Binds the listener. Returns the bound address (useful with port 0).
     @discardableResult
     public func start() async throws -> SocketAddress {
@@ -122,11 +126,13 @@ public final class TapProxy: Sendable {
             startTimeUnixNano: WallClock.nowNanos())
         var connectionLogger = logger
         connectionLogger[metadataKey: "connection"] = "\(id)"
-        let tap = ConnectionTap(info: info, pipeline: pipeline, limits: configuration.limits, logger: connectionLogger)
+        let tap = ConnectionTap(
+            info: info, pipeline: pipeline, limits: configuration.limits, logger: connectionLogger, gauge: openGauge)
         let (clientHandler, upstreamHandler) = SpliceHandler.pair(tap: tap)
         let loop = child.eventLoop
         let handlers = NIOLoopBound((clientHandler, upstreamHandler), eventLoop: loop)
         let (serverTLS, clientTLS) = tlsContexts.withLock { $0 }
+        let tlsLog = TLSFailureLogger.Shared()
         var upstreamTLSName: String? = nil
         if case .tls(let host, _) = configuration.upstream { upstreamTLSName = configuration.tls.serverName(for: host) }
         var upstreamBootstrap = ClientBootstrap(group: loop)
@@ -138,12 +144,12 @@ public final class TapProxy: Sendable {
                 value: .init(low: configuration.writeBufferLow, high: configuration.writeBufferHigh)
             )
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 * 1024, maximum: 256 * 1024))
-            .channelInitializer { [connectionLogger] channel in
+            .channelInitializer { [connectionLogger, tlsLog] channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let clientTLS {
                         try channel.pipeline.syncOperations.addHandler(
                             NIOSSLClientHandler(context: clientTLS, serverHostname: upstreamTLSName))
-                        try channel.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "upstream", logger: connectionLogger))
+                        try channel.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "upstream", logger: connectionLogger, shared: tlsLog))
                     }
                     try channel.pipeline.syncOperations.addHandler(handlers.value.1)
                 }
@@ -160,7 +166,7 @@ public final class TapProxy: Sendable {
         return connect.flatMapThrowing { upstream in
             if let serverTLS {
                 try child.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverTLS))
-                try child.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "client", logger: logger))
+                try child.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "client", logger: logger, shared: tlsLog))
             }
             try child.pipeline.syncOperations.addHandler(handlers.value.0)
             self.track(id: id, client: child, upstream: upstream)

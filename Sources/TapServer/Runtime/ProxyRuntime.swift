@@ -18,6 +18,8 @@ public struct ProxyRunOptions: Sendable {
     public var threads: Int = System.coreCount
     /// Where to serve `/metrics` and `/health`, if anywhere.
     public var metricsAddress: TapAddress?
+    /// OTLP/HTTP export (`--otlp`), if any.
+    public var otlp: OTLPExporter.Configuration?
 
     public init(proxy: ProxyConfiguration, spansPath: String?) {
         self.proxy = proxy
@@ -38,8 +40,10 @@ public enum ProxyRuntime {
             }
         }
         let metrics = options.metricsAddress.map { _ in TapMetrics() }
-        let pipeline = SpanPipeline(sinks: sinks, metrics: metrics, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.threads))
+        let exporter = options.otlp.map { OTLPExporter(configuration: $0, group: group, logger: logger) }
+        if let exporter { sinks.append(exporter) }
+        let pipeline = SpanPipeline(sinks: sinks, metrics: metrics, logger: logger)
         let proxy = TapProxy(configuration: options.proxy, pipeline: pipeline, group: group, logger: logger)
         let signals = SignalStream.termination()
         var metricsServer: MetricsServer?
@@ -47,6 +51,7 @@ public enum ProxyRuntime {
             try await proxy.start()
             if let metrics, let address = options.metricsAddress {
                 Self.registerGauges(metrics, proxy: proxy, pipeline: pipeline)
+                exporter?.registerMetrics(in: metrics)
                 metricsServer = try await MetricsServer(
                     address: address, metrics: metrics, group: group, logger: logger, healthy: { proxy.isListening })
             }
@@ -56,7 +61,7 @@ public enum ProxyRuntime {
             throw error
         }
         await withTaskGroup(of: Void.self) { tasks in
-            tasks.addTask { await pipeline.run() }
+            tasks.addTask { await OTLPExporter.runPipeline(pipeline, exporter: exporter) }
             var iterator = signals.makeAsyncIterator()
             if let sig = await iterator.next() {
                 logger.info(
@@ -81,8 +86,8 @@ public enum ProxyRuntime {
 
     /// Values read at scrape time.
     static func registerGauges(_ metrics: TapMetrics, proxy: TapProxy, pipeline: SpanPipeline) {
-        metrics.register(name: "gitaly_tap_connections_open", help: "Client connections open now.") {
-            [("", Double(proxy.openConnections))]
+        metrics.register(name: "gitaly_tap_connections_open", help: "Client connections open now, by kind.") {
+            proxy.openConnectionsByKind.sorted { $0.key < $1.key }.map { ("kind=\"\($0.key)\"", Double($0.value)) }
         }
         metrics.register(name: "gitaly_tap_spans_total", help: "Spans built from observed calls and connections.", type: "counter") {
             [("", Double(pipeline.currentCounts.spans))]

@@ -18,21 +18,27 @@ struct TapHarness: Sendable {
     /// Runs `body` with a tap listening on `listen` in front of `upstream`, then drains it.
     static func with<T: Sendable>(
         listen: TapAddress, upstream: TapAddress, limits: GRPCCallAssemblerLimits = .init(),
-        metrics: TapMetrics? = nil,
+        metrics: TapMetrics? = nil, tls: TLSSettings = TLSSettings(), logger: Logger? = nil,
         _ body: (TapHarness) async throws -> T
     ) async throws -> T {
-        var logger = Logger(label: "tap-test")
-        logger.logLevel = .warning
+        let logger = logger ?? {
+            var logger = Logger(label: "tap-test")
+            logger.logLevel = .warning
+            return logger
+        }()
         let sink = CollectingSpanSink()
         let pipeline = SpanPipeline(sinks: [sink], metrics: metrics, logger: logger)
+        var configuration = ProxyConfiguration(listen: listen, upstream: upstream, limits: limits.value)
+        configuration.tls = tls
         let proxy = TapProxy(
-            configuration: ProxyConfiguration(listen: listen, upstream: upstream, limits: limits.value),
+            configuration: configuration,
             pipeline: pipeline, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         let bound = try await proxy.start()
         let address: String
         switch listen {
         case .unix: address = listen.description
-        case .tcp(let host, _), .tls(let host, _): address = "tcp://\(host):\(bound.port!)"
+        case .tcp(let host, _): address = "tcp://\(host):\(bound.port!)"
+        case .tls(let host, _): address = "tls://\(host):\(bound.port!)"
         }
         let harness = TapHarness(proxy: proxy, sink: sink, pipeline: pipeline, listen: listen, address: address)
         return try await withThrowingTaskGroup(of: Void.self) { group in

@@ -1,0 +1,140 @@
+import Foundation
+import TapServer
+import Testing
+
+/// The `gitaly-tap` process under SIGTERM/SIGINT: stop accepting, let open calls finish within the drain timeout,
+/// flush spans, exit 0; a second signal exits at once.
+@Suite(.serialized)
+struct ShutdownTests {
+    /// Starts the echo server and the tap executable in front of it; the tap writes spans to `spans.jsonl`.
+    static func start(in dir: TempDir, drainTimeout: Int) async throws -> (echo: PeerProcess, tap: PeerProcess) {
+        let (echo, unixAddress, _) = try await EchoPeerTests.startEchoServer(in: dir)
+        let tap = try PeerProcess(
+            try Peers.tapExecutable(),
+            [
+                "proxy", "--listen", "unix:" + dir.file("tap.sock"), "--upstream", unixAddress, "--spans",
+                dir.file("spans.jsonl"), "--drain-timeout", String(drainTimeout), "--log-format", "json",
+                "--metrics", "unix:" + dir.file("metrics.sock"),
+            ], dir: dir, name: "tap")
+        try await tap.waitForFile(dir.file("tap.sock"))
+        return (echo, tap)
+    }
+
+    /// Starts the 3-second stream and waits until its first reply has passed through the tap.
+    static func startSlowStream(_ dir: TempDir, correlationID: String) async throws -> Task<CommandResult, Error> {
+        let client = Task {
+            try await EchoPeerTests.client(
+                "unix:" + dir.file("tap.sock"), "slow_stream", ["--correlation-id", correlationID, "--timing"])
+        }
+        // Wait until the client's HTTP/2 connection is open through the tap (the tap's metrics say so): the call
+        // follows on it at once, and the connection stays open until the 3 s stream has ended.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            let socket = try? RawSocket(connectingTo: "unix:" + dir.file("metrics.sock"))
+            if let socket {
+                try socket.write(Array("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+                var bytes: [UInt8] = []
+                _ = try? socket.readToEnd(timeout: 5) { bytes += $0 }
+                let text = String(decoding: bytes, as: UTF8.self)
+                if text.split(separator: "\n").contains(where: { $0.hasPrefix("gitaly_tap_connections_open{kind=\"http2\"} 1") }) {
+                    return client
+                }
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw PeerError("the client's connection never opened through the tap")
+    }
+
+    static func waitExit(_ process: PeerProcess, timeout: Duration) async throws -> Duration {
+        let start = ContinuousClock.now
+        while !process.exited {
+            if ContinuousClock.now - start > timeout { throw PeerError("the tap did not exit within \(timeout): \(process.stderr)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        process.process.waitUntilExit()
+        return ContinuousClock.now - start
+    }
+
+    static func spans(_ dir: TempDir) throws -> [[String: Any]] {
+        let text = (try? String(contentsOfFile: dir.file("spans.jsonl"), encoding: .utf8)) ?? ""
+        return try text.split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+    }
+
+    static func correlationID(_ span: [String: Any]) -> String? {
+        (span["attributes"] as? [String: Any])?["gitlab.correlation_id"] as? String
+    }
+
+    @Test("SIGTERM during a long stream: no new connections, the stream completes, spans flushed, exit 0", arguments: [SIGTERM, SIGINT])
+    func gracefulShutdown(signal: Int32) async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let (echo, tap) = try await Self.start(in: dir, drainTimeout: 20)
+        defer {
+            tap.stop()
+            echo.stop()
+        }
+        let stream = try await Self.startSlowStream(dir, correlationID: "drain-\(signal)")
+        tap.signal(signal)
+        // The listener closes at once: its socket file goes and new clients are refused.
+        let refusedBy = ContinuousClock.now + .seconds(5)
+        while FileManager.default.fileExists(atPath: dir.file("tap.sock")), ContinuousClock.now < refusedBy {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir.file("tap.sock")), "the listening socket is removed")
+        #expect((try? RawSocket(connectingTo: "unix:" + dir.file("tap.sock"))) == nil, "new connections are refused")
+        let result = try await stream.value
+        #expect(result.status == 0, "the open stream completes through the draining tap: \(result.stdout) \(result.stderr)")
+        _ = try await Self.waitExit(tap, timeout: .seconds(20))
+        #expect(tap.process.terminationStatus == 0, "\(tap.stderr)")
+        let span = try #require(try Self.spans(dir).first { Self.correlationID($0) == "drain-\(signal)" }, "span flushed")
+        #expect(span["name"] as? String == "taptest.Echo/ServerStream")
+        #expect((span["status"] as? [String: Any])?["code"] as? String == "ok")
+        #expect(tap.stderr.contains("draining"), "the log says what is happening: \(tap.stderr)")
+    }
+
+    @Test("a stream longer than the drain timeout is cut at the timeout; its span is still written; exit 0")
+    func drainTimeoutCutsLongCalls() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let (echo, tap) = try await Self.start(in: dir, drainTimeout: 1)
+        defer {
+            tap.stop()
+            echo.stop()
+        }
+        let stream = try await Self.startSlowStream(dir, correlationID: "cut-by-drain-7")
+        tap.signal(SIGTERM)
+        _ = try await Self.waitExit(tap, timeout: .seconds(10))
+        #expect(tap.process.terminationStatus == 0, "\(tap.stderr)")
+        let result = try await stream.value
+        #expect(result.status != 0, "the stream was cut: \(result.stdout)")
+        let span = try #require(try Self.spans(dir).first { Self.correlationID($0) == "cut-by-drain-7" }, "span flushed")
+        #expect((span["status"] as? [String: Any])?["code"] as? String == "error")
+        #expect(tap.stderr.contains("drain timeout"), "\(tap.stderr)")
+        // The cut call is named in the log with its correlation id.
+        let line = tap.stderr.split(separator: "\n").first { $0.contains("calls in flight") }
+        #expect(line?.contains("cut-by-drain-7") == true, "\(tap.stderr)")
+    }
+
+    @Test("a second signal exits at once, without waiting for the drain")
+    func secondSignalExitsAtOnce() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let (echo, tap) = try await Self.start(in: dir, drainTimeout: 30)
+        defer {
+            tap.stop()
+            echo.stop()
+        }
+        let stream = try await Self.startSlowStream(dir, correlationID: "twice")
+        tap.signal(SIGTERM)
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!tap.exited, "still draining after the first signal")
+        tap.signal(SIGTERM)
+        // Far sooner than the 30 s drain.
+        _ = try await Self.waitExit(tap, timeout: .seconds(10))
+        #expect(tap.process.terminationStatus != 0, "an interrupted drain is not a clean exit")
+        #expect(tap.stderr.contains("second signal"), "\(tap.stderr)")
+        _ = try? await stream.value
+    }
+}
