@@ -36,6 +36,8 @@ final class BenchPath {
     // Results.
     var latency: [UInt64] = []
     var rates: [Int: Double] = [:]
+    /// The proxy's CPU microseconds per call, per concurrency level.
+    var cpuPerCall: [Int: Double] = [:]
     var download: Double = 0
     var upload: Double = 0
     var cpuPerGiB: Double?
@@ -325,9 +327,12 @@ final class Bench {
             log("concurrent unary: \(level.streams) streams over \(level.connections) connections, \(options.rounds) rounds of \(options.windowSeconds) s per path")
             var calls = [Int](repeating: 0, count: paths.count)
             var nanos = [UInt64](repeating: 0, count: paths.count)
+            var cpu = [Double](repeating: 0, count: paths.count)
             for round in 0..<(options.rounds * 2) {
                 let order = round % 2 == 0 ? Array(paths.indices) : paths.indices.reversed()
                 for index in order {
+                    let cpuBefore = paths[index].child?.cpuSeconds() ?? 0
+                    defer { cpu[index] += (paths[index].child?.cpuSeconds() ?? 0) - cpuBefore }
                     let result = try Workloads.concurrentUnary(
                         Array(paths[index].connections.prefix(level.connections)), streams: level.streams,
                         seconds: options.windowSeconds / 2, request: request, on: loop
@@ -338,6 +343,9 @@ final class Bench {
             }
             for index in paths.indices {
                 paths[index].rates[level.streams] = Double(calls[index]) / (Double(nanos[index]) / 1e9)
+                if paths[index].child != nil, calls[index] > 0 {
+                    paths[index].cpuPerCall[level.streams] = cpu[index] / Double(calls[index]) * 1e6
+                }
             }
         }
     }

@@ -65,8 +65,8 @@ struct Report {
 
         out.append("#### Concurrent unary calls (calls/s; \(options.rounds * 2) alternating windows of \(options.windowSeconds / 2) s per path)")
         out.append("")
-        out.append("| transport | path | 1 stream, 1 conn | ratio | 16 streams, 4 conns | ratio | 64 streams, 8 conns | ratio |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        out.append("| transport | path | 1 stream, 1 conn | ratio | 16 streams, 4 conns | ratio | 64 streams, 8 conns | ratio | proxy CPU µs/call at 1 / 16 / 64 |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for p in paths {
             let base = direct(p.transport)
             var row = "| \(p.transport) | \(p.name) |"
@@ -74,8 +74,12 @@ struct Report {
                 let value = p.rates[level.streams] ?? 0
                 row += String(format: " %.0f | %@ |", value, Self.ratio(value, base?.rates[level.streams] ?? 0))
             }
+            let cpu = Bench.levels.map { level in p.cpuPerCall[level.streams].map { String(format: "%.1f", $0) } ?? "–" }
+            row += " \(p.child == nil ? "–" : cpu.joined(separator: " / ")) |"
             out.append(row)
         }
+        out.append("")
+        out.append("CPU µs/call: the proxy process's user + system CPU during the windows divided by the calls completed (/proc, 10 ms ticks).")
         out.append("")
 
         out.append("#### \(options.streamMiB) MiB streams (\(options.streamMessage >> 10) KiB messages) and the proxy's resources")
