@@ -186,6 +186,13 @@ struct Proxy: AsyncParsableCommand {
         if case .tls = listenAddress {} else if tlsCert != nil || tlsKey != nil {
             logger.warning("--tls-cert/--tls-key are ignored: --listen is not a tls:// address")
         }
+        if let otlp {
+            do {
+                options.otlp = try Self.otlpConfiguration(url: otlp, encoding: otlpEncoding, serviceName: serviceName)
+            } catch {
+                throw fail("\(error)")
+            }
+        }
         if check {
             do {
                 try options.proxy.tls.check(listen: listenAddress, upstream: upstreamAddress)
@@ -200,13 +207,6 @@ struct Proxy: AsyncParsableCommand {
                 options.metricsAddress = try TapAddress(parsing: metrics)
             } catch {
                 throw fail("--metrics: \(error)")
-            }
-        }
-        if let otlp {
-            do {
-                options.otlp = try Self.otlpConfiguration(url: otlp, encoding: otlpEncoding, serviceName: serviceName)
-            } catch {
-                throw fail("\(error)")
             }
         }
         do {

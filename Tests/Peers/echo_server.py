@@ -208,6 +208,9 @@ def bind(server, addr, tls=None):
 
 
 def main():
+    # Test runners may start us with SIGTERM/SIGINT blocked (children inherit the mask); unblock them so a
+    # signal stops us and the processes we start.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--listen", action="append", required=True,
                     help="unix:/abs/path or tcp://127.0.0.1:PORT (port 0: any); repeatable")

@@ -88,6 +88,9 @@ def serving(url, timeout):
 
 
 def main():
+    # Test runners may start us with SIGTERM/SIGINT blocked (children inherit the mask); unblock them so a
+    # signal stops us and the processes we start.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True, help="repositories root (made by hgitaly_setup.py)")
     ap.add_argument("--listen", action="append", required=True,

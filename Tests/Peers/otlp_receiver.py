@@ -7,7 +7,8 @@ POST /v1/traces with ``Content-Type: application/x-protobuf`` is parsed with
 ``ExportTraceServiceRequest.FromString``; ``application/json`` with ``google.protobuf.json_format``
 after the OTLP/JSON id rule is applied (traceId/spanId/parentSpanId are hex in OTLP/JSON, where plain
 proto3 JSON would expect base64): ids that are not lower/upper-case hex of the right length are a
-decoding error. json_format rejects unknown field names, so snake_case or misspelt keys fail too.
+decoding error; so is a field name that is not lowerCamelCase or an enum (kind, status code) given
+by name (json_format alone would accept both), and json_format rejects unknown or misspelt names.
 A request that does not decode is answered 400 and counted under ``decode_errors``.
 
 Control (plain GET, answers JSON):
@@ -50,6 +51,21 @@ ID_LENGTHS = {"traceId": 32, "spanId": 16, "parentSpanId": 16}
 
 class DecodeError(Exception):
     pass
+
+
+def check_camel_case(node, path="$"):
+    """OTLP/JSON senders MUST use lowerCamelCase field names and integer enums; json_format would also take
+    the proto names and enum names."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if "_" in key or key[:1].isupper():
+                raise DecodeError("field %s.%s is not lowerCamelCase" % (path, key))
+            if key in ("kind", "code") and not isinstance(value, int):
+                raise DecodeError("enum %s.%s is %r: OTLP/JSON enums are integers" % (path, key, value))
+            check_camel_case(value, path + "." + key)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            check_camel_case(item, "%s[%d]" % (path, i))
 
 
 def hex_ids_to_base64(node):
@@ -214,6 +230,7 @@ def make_handler(rx):
                 elif content_type == "application/json":
                     encoding = "json"
                     doc = json.loads(data.decode("utf-8"))
+                    check_camel_case(doc)
                     hex_ids_to_base64(doc)
                     request = json_format.ParseDict(doc, trace_service_pb2.ExportTraceServiceRequest())
                 else:
@@ -261,6 +278,8 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # A parent that blocks these signals (a test runner) passes its mask on: unblock, or SIGTERM never arrives.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     bound = server.server_address[1]
     print("READY " + json.dumps({"listen": ["tcp://%s:%d" % (host, bound)], "url": "http://%s:%d" % (host, bound),
                                  "pid": os.getpid()}), flush=True)

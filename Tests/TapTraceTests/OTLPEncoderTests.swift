@@ -119,7 +119,8 @@ struct OTLPEncoderTests {
         endTimeUnixNano: 6, status: Span.Status(code: .unset))
 
     static let resource = OTLPResource(
-        serviceName: "tap-under-test", serviceVersion: "9.9.9", hostName: "box-1", extraAttributes: ["deployment.environment.name": .string("dev")])
+        serviceName: "tap-under-test", serviceVersion: "9.9.9", hostName: "box-1",
+        extraAttributes: ["deployment.environment.name": .string("dev")])
 
     // MARK: protobuf
 
@@ -130,8 +131,14 @@ struct OTLPEncoderTests {
         #expect(request.fields.keys.sorted() == [1])
         let resourceSpans = try request.message(1)
         let resourceAttributes = try resourceSpans.message(1).attributes(1)
-        #expect(resourceAttributes.map(\.0) == ["service.name", "service.version", "host.name", "deployment.environment.name"])
-        #expect(resourceAttributes.map(\.1) == [.string("tap-under-test"), .string("9.9.9"), .string("box-1"), .string("dev")])
+        #expect(
+            resourceAttributes.map(\.0) == [
+                "service.name", "service.version", "host.name", "deployment.environment.name",
+            ])
+        #expect(
+            resourceAttributes.map(\.1) == [
+                .string("tap-under-test"), .string("9.9.9"), .string("box-1"), .string("dev"),
+            ])
         let scopeSpans = try resourceSpans.message(2)
         let scope = try scopeSpans.message(1)
         #expect(scope.string(1) == "gitaly-tap")
@@ -140,7 +147,10 @@ struct OTLPEncoderTests {
         #expect(spans.count == 3)
 
         let rpc = spans[0]
-        #expect(rpc.data(1) == [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36])
+        #expect(
+            rpc.data(1) == [
+                0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36,
+            ])
         #expect(rpc.data(2) == [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
         #expect(rpc.data(4) == [0, 0, 0, 0, 0, 0, 0, 0x53])
         #expect(rpc.string(5) == "gitaly.CommitService/FindCommit")
@@ -184,7 +194,10 @@ struct OTLPEncoderTests {
         let empty = try Message(OTLPProtobufEncoder.encode([], resource: OTLPResource()))
         let scopeSpans = try empty.message(1).message(2)
         #expect(try scopeSpans.messages(2).isEmpty)
-        #expect(try empty.message(1).message(1).attributes(1).map(\.1) == [.string("gitaly-tap"), .string(GitalyTapVersion.current)])
+        #expect(
+            try empty.message(1).message(1).attributes(1).map(\.1) == [
+                .string("gitaly-tap"), .string(GitalyTapVersion.current),
+            ])
         let a = OTLPProtobufEncoder.encode([Self.rpc], resource: Self.resource)
         let b = OTLPProtobufEncoder.encode([Self.rpc], resource: Self.resource)
         #expect(a == b)
@@ -216,7 +229,10 @@ struct OTLPEncoderTests {
         let resourceSpans = try #require((root["resourceSpans"] as? [[String: Any]])?.first)
         let resource = try #require(resourceSpans["resource"] as? [String: Any])
         let resourceAttributes = try #require(resource["attributes"] as? [[String: Any]])
-        #expect(resourceAttributes.map { $0["key"] as? String } == ["service.name", "service.version", "host.name", "deployment.environment.name"])
+        #expect(
+            resourceAttributes.map { $0["key"] as? String } == [
+                "service.name", "service.version", "host.name", "deployment.environment.name",
+            ])
         #expect((resourceAttributes[0]["value"] as? [String: Any])?["stringValue"] as? String == "tap-under-test")
         let scopeSpans = try #require((resourceSpans["scopeSpans"] as? [[String: Any]])?.first)
         let scope = try #require(scopeSpans["scope"] as? [String: Any])
@@ -250,7 +266,8 @@ struct OTLPEncoderTests {
         let text = String(decoding: OTLPJSONEncoder.encode([Self.rpc], resource: Self.resource), as: UTF8.self)
         #expect(text.contains("{\"key\":\"gitaly.cached\",\"value\":{\"boolValue\":false}}"))
         #expect(values["gitaly.cached"]?["boolValue"] as? Bool == false)
-        let list = (values["gitaly.feature_flags.enabled"]?["arrayValue"] as? [String: Any])?["values"] as? [[String: Any]]
+        let list =
+            (values["gitaly.feature_flags.enabled"]?["arrayValue"] as? [String: Any])?["values"] as? [[String: Any]]
         #expect(list?.map { $0["stringValue"] as? String } == ["a", "b"])
         let events = try #require(rpc["events"] as? [[String: Any]])
         #expect(events.count == 1)
@@ -278,9 +295,12 @@ struct OTLPEncoderTests {
     @Test("JSON and protobuf carry the same span content")
     func sameContent() throws {
         let spans = [Self.rpc, Self.process, Self.root]
-        let proto = try Message(OTLPProtobufEncoder.encode(spans, resource: Self.resource)).message(1).message(2).messages(2)
+        let proto = try Message(OTLPProtobufEncoder.encode(spans, resource: Self.resource)).message(1).message(2)
+            .messages(2)
         let root = try json(spans)
-        let jsonSpans = ((root["resourceSpans"] as! [[String: Any]])[0]["scopeSpans"] as! [[String: Any]])[0]["spans"] as! [[String: Any]]
+        let jsonSpans =
+            ((root["resourceSpans"] as! [[String: Any]])[0]["scopeSpans"] as! [[String: Any]])[0]["spans"]
+            as! [[String: Any]]
         for (p, j) in zip(proto, jsonSpans) {
             #expect(p.data(1).map { $0.map { String(format: "%02x", $0) }.joined() } == j["traceId"] as? String)
             #expect(p.data(2).map { $0.map { String(format: "%02x", $0) }.joined() } == j["spanId"] as? String)

@@ -27,7 +27,9 @@ public struct OTLPEndpoint: Sendable, Equatable, CustomStringConvertible {
         let usage = "use http://host:port, for example http://127.0.0.1:4318 (OTLP/HTTP)"
         guard text.hasPrefix("http://") else {
             if text.hasPrefix("https://") {
-                throw ParseError(description: "--otlp '\(text)': https is not supported; send to a local collector or Jaeger over http")
+                throw ParseError(
+                    description:
+                        "--otlp '\(text)': https is not supported; send to a local collector or Jaeger over http")
             }
             throw ParseError(description: "--otlp '\(text)': \(usage)")
         }
@@ -48,7 +50,9 @@ public struct OTLPEndpoint: Sendable, Equatable, CustomStringConvertible {
             }
             host = authority[authority.index(after: authority.startIndex)..<close]
             let after = authority[authority.index(after: close)...]
-            if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty {
+            if after.hasPrefix(":") {
+                portText = after.dropFirst()
+            } else if !after.isEmpty {
                 throw ParseError(description: "--otlp '\(text)': \(usage)")
             }
         } else if let colon = authority.lastIndex(of: ":") {

@@ -4,7 +4,7 @@ import Synchronization
 import TapTrace
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Sends finished spans to an OpenTelemetry backend (Jaeger, an OpenTelemetry Collector) over OTLP/HTTP.
@@ -40,7 +40,8 @@ public final class OTLPExporter: SpanSink {
         public var logInterval: Duration = .seconds(60)
 
         /// A configuration with the defaults above.
-        public init(endpoint: OTLPEndpoint, encoding: OTLPEncoding = .protobuf, resource: OTLPResource = OTLPResource()) {
+        public init(endpoint: OTLPEndpoint, encoding: OTLPEncoding = .protobuf, resource: OTLPResource = OTLPResource())
+        {
             self.endpoint = endpoint
             self.encoding = encoding
             self.resource = resource
@@ -327,7 +328,9 @@ public final class OTLPExporter: SpanSink {
 
     /// Adds the export counters to the Prometheus endpoint.
     public func registerMetrics(in metrics: TapMetrics) {
-        metrics.register(name: "gitaly_tap_spans_exported_total", help: "Spans the OTLP backend acknowledged.", type: "counter") {
+        metrics.register(
+            name: "gitaly_tap_spans_exported_total", help: "Spans the OTLP backend acknowledged.", type: "counter"
+        ) {
             [("", Double(self.currentCounts.sent))]
         }
         metrics.register(

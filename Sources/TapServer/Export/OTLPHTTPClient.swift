@@ -93,13 +93,6 @@ struct OTLPHTTPClient: Sendable {
     }
 }
 
-extension TimeAmount {
-    init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
-}
-
 /// Collects one HTTP response and completes the promise; a close before the end fails it.
 private final class OTLPResponseHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart

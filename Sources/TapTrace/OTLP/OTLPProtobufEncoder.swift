@@ -67,7 +67,8 @@ public enum OTLPProtobufEncoder {
     }
 
     /// A `KeyValue` (key = 1, value = 2) as field `field` of the enclosing message.
-    private static func keyValue(_ field: UInt32, _ key: String, _ value: AttributeValue, into w: inout ProtobufWriter) {
+    private static func keyValue(_ field: UInt32, _ key: String, _ value: AttributeValue, into w: inout ProtobufWriter)
+    {
         w.message(field) { kv in
             kv.string(1, key)
             kv.message(2) { anyValue(value, into: &$0) }

@@ -81,7 +81,9 @@ struct ProtobufWriter {
         tag(field, .lengthDelimited)
         varint(UInt64(halves.count * 8))
         for half in halves {
-            for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: half >> UInt64(shift))) }
+            for shift in stride(from: 56, through: 0, by: -8) {
+                bytes.append(UInt8(truncatingIfNeeded: half >> UInt64(shift)))
+            }
         }
     }
 
