@@ -19,6 +19,8 @@ struct BenchOptions {
     var mixTail = 32 << 20
     var idleConnections = 1000
     var unaryPayload = 32
+    /// Calls per h2load run (0: skip h2load).
+    var h2loadRequests = 30_000
     /// Path names to run (default: all available).
     var only: Set<String>?
     var transports = ["unix", "tcp"]
@@ -36,6 +38,9 @@ final class BenchPath {
     // Results.
     var latency: [UInt64] = []
     var rates: [Int: Double] = [:]
+    /// h2load unary calls/s over TCP (64 streams over 8 connections) and the proxy's CPU µs per call there.
+    var h2loadRate: Double?
+    var h2loadCPU: Double?
     /// The proxy's CPU microseconds per call, per concurrency level.
     var cpuPerCall: [Int: Double] = [:]
     var download: Double = 0
@@ -128,6 +133,7 @@ final class Bench {
         try connectAll()
         try runSequential()
         try runConcurrent()
+        try runH2load()
         try runStreams()
         try runMix()
         try runIdle()
@@ -347,6 +353,55 @@ final class Bench {
                     paths[index].cpuPerCall[level.streams] = cpu[index] / Double(calls[index]) * 1e6
                 }
             }
+        }
+    }
+
+    /// h2load (nghttp2's C load generator) as a second, faster unary client: TCP only (it cannot reach unix sockets).
+    func runH2load() throws {
+        guard options.h2loadRequests > 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/h2load") else { return }
+        let tcpPaths = paths.filter { if case .tcp = $0.endpoint { return true } else { return false } }
+        guard !tcpPaths.isEmpty else { return }
+        let body = "\(work)/unary.bin"
+        let request = unaryRequest()
+        try Data(request.readableBytesView).write(to: URL(fileURLWithPath: body))
+        log("h2load: \(options.h2loadRequests) unary calls per path and round, 8 connections x 8 streams, TCP")
+        var calls = [Int](repeating: 0, count: tcpPaths.count)
+        var seconds = [Double](repeating: 0, count: tcpPaths.count)
+        var cpu = [Double](repeating: 0, count: tcpPaths.count)
+        for round in 0..<2 {
+            let order = round % 2 == 0 ? Array(tcpPaths.indices) : tcpPaths.indices.reversed()
+            for index in order {
+                guard case .tcp(let port) = tcpPaths[index].endpoint else { continue }
+                let cpuBefore = tcpPaths[index].child?.cpuSeconds() ?? 0
+                let start = nowNanos()
+                let output = try shell("/usr/bin/h2load", [
+                    "-n", "\(options.h2loadRequests)", "-c", "8", "-m", "8", "-t", "1", "-d", body,
+                    "-H", "content-type: application/grpc", "-H", "te: trailers",
+                    "http://127.0.0.1:\(port)\(BenchMethod.unary.rawValue)",
+                ])
+                let elapsed = Double(nowNanos() - start) / 1e9
+                cpu[index] += (tcpPaths[index].child?.cpuSeconds() ?? 0) - cpuBefore
+                // "requests: 20000 total, 20000 started, 20000 done, 20000 succeeded, 0 failed, ..."
+                // "finished in 1.23s, 16260.16 req/s, ..."
+                guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("requests:") }),
+                    let succeeded = line.split(separator: ",").first(where: { $0.hasSuffix("succeeded") })
+                        .flatMap({ Int($0.split(separator: " ").first ?? "") }),
+                    let finished = output.split(separator: "\n").first(where: { $0.hasPrefix("finished in") }),
+                    let secs = Double(finished.dropFirst("finished in ".count).prefix { $0 != "s" && $0 != "m" })
+                else {
+                    throw CallFailure(description: "h2load output not understood:\n\(output)")
+                }
+                guard succeeded == options.h2loadRequests else {
+                    throw CallFailure(description: "\(tcpPaths[index].label): h2load: only \(succeeded) of \(options.h2loadRequests) calls succeeded")
+                }
+                _ = elapsed
+                calls[index] += succeeded
+                seconds[index] += finished.contains("ms,") ? secs / 1000 : secs
+            }
+        }
+        for index in tcpPaths.indices {
+            tcpPaths[index].h2loadRate = Double(calls[index]) / seconds[index]
+            if tcpPaths[index].child != nil { tcpPaths[index].h2loadCPU = cpu[index] / Double(calls[index]) * 1e6 }
         }
     }
 

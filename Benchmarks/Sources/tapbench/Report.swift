@@ -82,6 +82,19 @@ struct Report {
         out.append("CPU µs/call: the proxy process's user + system CPU during the windows divided by the calls completed (/proc, 10 ms ticks).")
         out.append("")
 
+        if paths.contains(where: { $0.h2loadRate != nil }) {
+            out.append("#### h2load unary calls over TCP (\(options.h2loadRequests) calls × 2 alternating runs per path; 8 connections × 8 streams, nghttp2's C client)")
+            out.append("")
+            out.append("| transport | path | calls/s | ratio | proxy CPU µs/call |")
+            out.append("|---|---|---:|---:|---:|")
+            for p in paths {
+                guard let rate = p.h2loadRate else { continue }
+                let base = direct(p.transport)?.h2loadRate ?? 0
+                out.append("| \(p.transport) | \(p.name) | \(String(format: "%.0f", rate)) | \(Self.ratio(rate, base)) | \(p.h2loadCPU.map { String(format: "%.1f", $0) } ?? "–") |")
+            }
+            out.append("")
+        }
+
         out.append("#### \(options.streamMiB) MiB streams (\(options.streamMessage >> 10) KiB messages) and the proxy's resources")
         out.append("")
         out.append("| transport | path | server stream MiB/s | ratio | client stream MiB/s | ratio | proxy CPU s/GiB | RSS at start MiB | RSS 25 % / end of server stream MiB | peak RSS in streams MiB |")
@@ -132,6 +145,9 @@ struct Report {
             guard let d = direct(transport), let t = path("tap", transport) else { continue }
             let r64 = (t.rates[64] ?? 0) / max(1, d.rates[64] ?? 0)
             line(r64 >= 0.9, String(format: "%@: unary calls/s at 64 streams ≥ 90 %% of direct: %.0f %%", transport, r64 * 100))
+            if let rate = t.h2loadRate, let base = d.h2loadRate {
+                line(rate / base >= 0.9, String(format: "%@: h2load unary calls/s at 64 streams ≥ 90 %% of direct: %.0f %%", transport, rate / base * 100))
+            }
             let down = t.download / max(1, d.download), up = t.upload / max(1, d.upload)
             line(down >= 0.9, String(format: "%@: server stream ≥ 90 %% of direct: %.0f %%", transport, down * 100))
             line(up >= 0.9, String(format: "%@: client stream ≥ 90 %% of direct: %.0f %%", transport, up * 100))
@@ -139,10 +155,13 @@ struct Report {
                 let tl50 = percentile(t.latency, 50), nl50 = percentile(n.latency, 50)
                 let tl99 = percentile(t.latency, 99), nl99 = percentile(n.latency, 99)
                 let better = tl50 < nl50 && tl99 < nl99 && (t.rates[64] ?? 0) > (n.rates[64] ?? 0)
+                    && (t.h2loadRate ?? 0) >= (n.h2loadRate ?? 0)
                     && t.download > n.download && t.upload > n.upload
-                line(better, String(format: "%@: better than nghttpx on each: p50 %@ vs %@ µs, p99 %@ vs %@ µs, 64 streams %.0f vs %.0f calls/s, server stream %.0f vs %.0f MiB/s, client stream %.0f vs %.0f MiB/s",
-                                     transport, Self.us(tl50), Self.us(nl50), Self.us(tl99), Self.us(nl99),
-                                     t.rates[64] ?? 0, n.rates[64] ?? 0, t.download, n.download, t.upload, n.upload))
+                var text = String(format: "%@: better than nghttpx on each: p50 %@ vs %@ µs, p99 %@ vs %@ µs, 64 streams %.0f vs %.0f calls/s, server stream %.0f vs %.0f MiB/s, client stream %.0f vs %.0f MiB/s",
+                                  transport, Self.us(tl50), Self.us(nl50), Self.us(tl99), Self.us(nl99),
+                                  t.rates[64] ?? 0, n.rates[64] ?? 0, t.download, n.download, t.upload, n.upload)
+                if let a = t.h2loadRate, let b = n.h2loadRate { text += String(format: ", h2load %.0f vs %.0f calls/s", a, b) }
+                line(better, text)
             }
             if let r = path("tap+record", transport) {
                 let down = r.download / max(1, d.download), up = r.upload / max(1, d.upload)

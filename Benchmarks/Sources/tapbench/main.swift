@@ -30,11 +30,13 @@ case "run":
         options.rounds = 1
         options.mixRounds = 2
         options.idleConnections = 200
+        options.h2loadRequests = 10_000
     }
     if let value = argument("--calls", in: args).flatMap({ Int($0) }) { options.calls = value }
     if let value = argument("--stream-mib", in: args).flatMap({ Int($0) }) { options.streamMiB = value }
     if let value = argument("--window", in: args).flatMap({ Double($0) }) { options.windowSeconds = value }
     if let value = argument("--rounds", in: args).flatMap({ Int($0) }) { options.rounds = value }
+    if let value = argument("--h2load", in: args).flatMap({ Int($0) }) { options.h2loadRequests = value }
     if let value = argument("--only", in: args) { options.only = Set(value.split(separator: ",").map(String.init)) }
     if let value = argument("--transports", in: args) { options.transports = value.split(separator: ",").map(String.init) }
     options.command = ProcessInfo.processInfo.environment["BENCH_COMMAND"] ?? ("tapbench " + args.joined(separator: " "))
