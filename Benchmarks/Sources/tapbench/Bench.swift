@@ -145,6 +145,9 @@ final class Bench {
             try Report.store(report, label: options.label, in: file)
             log("written to \(file) (section \(options.label))")
         }
+        // Span logs of a full run are hundreds of MB; keep the work directory only when a run fails.
+        for child in children.reversed() { child.stop() }
+        try? FileManager.default.removeItem(atPath: work)
     }
 
     // MARK: Processes
