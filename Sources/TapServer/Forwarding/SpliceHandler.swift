@@ -8,7 +8,8 @@ import Glibc
 
 /// One half of a 1:1 byte splice between a client channel and its upstream channel.
 ///
-/// Bytes read on this channel are written unchanged to the partner channel and shown to the connection's tap.
+/// Bytes read on this channel are written unchanged to the partner channel and, once flushed, shown to the
+/// connection's tap.
 /// Backpressure: this channel is read only while the partner is writable, so at most one write-buffer water mark
 /// plus one read buffer is held per direction. Half-close, close and reset are mirrored to the partner.
 final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
@@ -50,15 +51,28 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        tap.observe(buffer, direction: readDirection)
         partner?.partnerWrite(buffer)
+        unobserved.append(buffer)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        // Forward first, decode after: the bytes leave before the decoder walks them, so decoding is off the
+        // latency path (it overlaps with the peer's work). The buffers are shared, not copied.
         partner?.partnerFlush()
+        observeUnobserved()
+    }
+
+    /// Buffers forwarded in this read cycle, not yet shown to the tap (at most one cycle's reads).
+    private var unobserved: [ByteBuffer] = []
+
+    private func observeUnobserved() {
+        guard !unobserved.isEmpty else { return }
+        for buffer in unobserved { tap.observe(buffer, direction: readDirection) }
+        unobserved.removeAll(keepingCapacity: unobserved.count <= 4)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        observeUnobserved()
         tap.sideClosed(readDirection)
         partner?.partnerClose()
         context.fireChannelInactive()
@@ -66,6 +80,7 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event {
+            observeUnobserved()
             inputClosed = true
             tap.halfClosed(readDirection)
             partner?.partnerShutdownOutput()
@@ -74,6 +89,7 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        observeUnobserved()
         let reset = Self.isReset(error)
         tap.failed(readDirection, error: error, reset: reset)
         if reset { partner?.partnerReset() } else { partner?.partnerClose() }

@@ -48,9 +48,9 @@ public final class SpanLogWriter: SpanSink {
     }
 
     public func write(_ span: Span) {
-        let line = SpanJSONEncoder.encode(span)
         let needsFlush = state.withLock { state in
-            state.buffer.append(contentsOf: line.utf8)
+            // Encoded straight into the write buffer: no intermediate String or copy per span.
+            SpanJSONEncoder.encode(span, into: &state.buffer)
             state.buffer.append(UInt8(ascii: "\n"))
             return state.buffer.count >= 64 * 1024
         }

@@ -11,7 +11,6 @@ public final class SpanPipeline: Sendable {
     enum Item: Sendable {
         case call(GRPCCallRecord, ConnectionInfo)
         case connection(ConnectionSummary)
-        case flush
     }
 
     /// Counters for logs and metrics.
@@ -23,8 +22,15 @@ public final class SpanPipeline: Sendable {
         public var decodingStopped = 0
     }
 
-    private let stream: AsyncStream<Item>
-    private let continuation: AsyncStream<Item>.Continuation
+    /// Items handed over by the event loops, taken in batches by `run()`.
+    private struct Queue {
+        var items: [Item] = []
+        var finished = false
+        var flushRequested = false
+    }
+
+    private let queue = Mutex(Queue())
+    private let capacity: Int
     private let counts = Mutex(Counts())
     private let sinks: [any SpanSink]
     private let builder: RPCSpanBuilder
@@ -38,7 +44,7 @@ public final class SpanPipeline: Sendable {
         metrics: TapMetrics? = nil, observer: (any SpanObserver)? = nil, logger: Logger
     ) {
         self.observer = observer
-        (stream, continuation) = AsyncStream.makeStream(of: Item.self, bufferingPolicy: .bufferingOldest(capacity))
+        self.capacity = capacity
         self.sinks = sinks + (metrics.map { [$0] } ?? [])
         self.builder = builder
         self.metrics = metrics
@@ -62,28 +68,56 @@ public final class SpanPipeline: Sendable {
 
     /// Asks the sinks to write out what they buffer.
     public func requestFlush() {
-        continuation.yield(.flush)
+        queue.withLock { $0.flushRequested = true }
     }
 
     /// Ends the pipeline: `run()` processes what is queued, flushes the sinks and returns.
     public func finish() {
-        continuation.finish()
+        queue.withLock { $0.finished = true }
     }
 
-    /// Processes items until `finish()`; flushes the sinks every `flushInterval` and at the end.
-    public func run(flushInterval: Duration = .milliseconds(200)) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { [continuation] in
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: flushInterval)
-                    if case .terminated = continuation.yield(.flush) { return }
-                }
+    /// Processes items until `finish()` (or cancellation); flushes the sinks every `flushInterval` and at the end.
+    ///
+    /// Items are taken in batches: the consumer polls every `batchInterval` while items arrive (backing off up to
+    /// 25 ms while idle) instead of being woken per item, so an event loop's `submit` is an append under
+    /// an uncontended lock, never a thread wake-up.
+    public func run(flushInterval: Duration = .milliseconds(200), batchInterval: Duration = .milliseconds(5)) async {
+        var generator = SplitMix64(seed: UInt64.random(in: .min ... .max))
+        var spare: [Item] = []
+        var lastFlush = ContinuousClock.now
+        var pause = batchInterval
+        while true {
+            var (items, finished, flushRequested) = queue.withLock { q -> ([Item], Bool, Bool) in
+                var taken = spare
+                swap(&taken, &q.items)
+                let flush = q.flushRequested
+                q.flushRequested = false
+                return (taken, q.finished, flush)
             }
-            for await item in stream {
-                process(item)
+            for item in items { process(item, using: &generator) }
+            let processed = items.count
+            items.removeAll(keepingCapacity: true)
+            spare = items
+            let now = ContinuousClock.now
+            if flushRequested || now - lastFlush >= flushInterval {
+                if let observer { write(observer.drain()) }
+                for sink in sinks { sink.flush() }
+                lastFlush = now
             }
-            group.cancelAll()
+            if finished || Task.isCancelled { break }
+            pause = processed == 0 ? min(pause * 2, min(flushInterval, .milliseconds(25))) : batchInterval
+            do {
+                try await Task.sleep(for: pause)
+            } catch {
+                finish()
+            }
         }
+        let rest = queue.withLock { q -> [Item] in
+            q.finished = true
+            defer { q.items = [] }
+            return q.items
+        }
+        for item in rest { process(item, using: &generator) }
         if let observer { write(observer.finish()) }
         for sink in sinks { sink.flush() }
         let c = currentCounts
@@ -93,7 +127,13 @@ public final class SpanPipeline: Sendable {
     }
 
     private func enqueue(_ item: Item) {
-        if case .dropped = continuation.yield(item) {
+        let dropped = queue.withLock { q -> Bool in
+            guard !q.finished else { return false }
+            guard q.items.count < capacity else { return true }
+            q.items.append(item)
+            return false
+        }
+        if dropped {
             let first = counts.withLock { c -> Bool in
                 c.dropped += 1
                 return c.dropped == 1
@@ -102,10 +142,10 @@ public final class SpanPipeline: Sendable {
         }
     }
 
-    private func process(_ item: Item) {
+    private func process(_ item: Item, using generator: inout SplitMix64) {
         switch item {
         case .call(let record, let info):
-            let span = builder.span(for: record, connection: info)
+            let span = builder.span(for: record, connection: info, using: &generator)
             counts.withLock {
                 $0.calls += 1
                 $0.spans += 1
@@ -118,9 +158,6 @@ public final class SpanPipeline: Sendable {
             guard let span = builder.connectionSpan(for: summary) else { return }
             counts.withLock { $0.spans += 1 }
             for sink in sinks { sink.write(span) }
-        case .flush:
-            if let observer { write(observer.drain()) }
-            for sink in sinks { sink.flush() }
         }
     }
 
@@ -131,5 +168,21 @@ public final class SpanPipeline: Sendable {
         for span in spans {
             for sink in sinks { sink.write(span) }
         }
+    }
+}
+
+/// Trace and span ids for call spans: SplitMix64 seeded once from the system's random source. Ids must be unique,
+/// not secret; a `getrandom` call per span cost more than building the span.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }

@@ -87,12 +87,12 @@ public enum SpanJSONEncoder {
 
     private static func attributes(_ attributes: [String: AttributeValue], into bytes: inout [UInt8]) {
         bytes.append(UInt8(ascii: "{"))
-        for (index, name) in attributes.keys.sorted().enumerated() {
+        // Sorting the pairs (not the keys, then looking each up again) saves a hash of every key.
+        for (index, entry) in attributes.sorted(by: { $0.key < $1.key }).enumerated() {
             if index > 0 { bytes.append(UInt8(ascii: ",")) }
-            string(name, into: &bytes)
+            string(entry.key, into: &bytes)
             bytes.append(UInt8(ascii: ":"))
-            // Force-unwrap is safe: `name` came from this dictionary's keys.
-            value(attributes[name]!, into: &bytes)
+            value(entry.value, into: &bytes)
         }
         bytes.append(UInt8(ascii: "}"))
     }
@@ -129,6 +129,18 @@ public enum SpanJSONEncoder {
     /// Everything else, including non-ASCII, is copied as UTF-8 (a Swift string is always valid UTF-8).
     private static func string(_ text: String, into bytes: inout [UInt8]) {
         bytes.append(UInt8(ascii: "\""))
+        // Fast path: most names and values need no escape; copy their UTF-8 in one go.
+        let copied = text.utf8.withContiguousStorageIfAvailable { utf8 -> Bool in
+            guard !utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else {
+                return false
+            }
+            bytes.append(contentsOf: utf8)
+            return true
+        }
+        if copied == true {
+            bytes.append(UInt8(ascii: "\""))
+            return
+        }
         for byte in text.utf8 {
             switch byte {
             case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])

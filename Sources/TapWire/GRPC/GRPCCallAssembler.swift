@@ -164,50 +164,71 @@ public struct GRPCCallAssembler: Sendable {
     }
 
     /// A piece of DATA content on `streamID`.
+    ///
+    /// The open call is updated in place (one hash lookup, no copy of the call): this runs once per DATA piece on
+    /// the forwarding path.
     public mutating func data(_ piece: ByteBuffer, streamID: UInt32, direction: Direction, at time: UInt64) {
-        guard var call = calls[streamID] else { return }
-        let limits = self.limits
+        guard let index = calls.index(forKey: streamID) else { return }
+        Self.data(piece, call: &calls.values[index], direction: direction, at: time, limits: limits, events: &events)
+    }
+
+    private static func data(
+        _ piece: ByteBuffer, call: inout OpenCall, direction: Direction, at time: UInt64, limits: Limits,
+        events: inout [WireEvent]
+    ) {
+        let streamID = call.record.streamID
         switch direction {
         case .clientToServer:
             call.record.requestWireBytes += piece.readableBytes
+            var requestMessages = call.record.requestMessages
+            var first: (message: ByteBuffer?, compressed: Bool, length: Int)?
             call.requestFramer.feed(
                 piece,
                 captureLimit: { index in
                     max(index == 0 ? limits.firstMessageCapture : 0, limits.recordEvents ? limits.messageCapture : 0)
                 },
                 onMessage: { message in
-                    if call.record.requestMessages == 0 {
-                        call.record.firstRequestMessage = message.captured.map {
-                            $0.getSlice(at: $0.readerIndex, length: min($0.readableBytes, limits.firstMessageCapture))!
-                        }
-                        call.record.firstRequestMessageCompressed = message.compressed
-                        call.record.firstRequestMessageLength = message.length
+                    if requestMessages == 0 {
+                        first = (
+                            message.captured.map {
+                                $0.getSlice(at: $0.readerIndex, length: min($0.readableBytes, limits.firstMessageCapture))!
+                            }, message.compressed, message.length
+                        )
                     }
-                    call.record.requestMessages += 1
+                    requestMessages += 1
                     if limits.recordEvents {
-                        report(
-                            .message(Self.wireMessage(message, .clientToServer, capture: limits.messageCapture)),
-                            streamID: streamID, at: time)
+                        events.append(
+                            WireEvent(
+                                .message(Self.wireMessage(message, .clientToServer, capture: limits.messageCapture)),
+                                time: time, streamID: streamID))
                     }
                 })
+            if let first {
+                call.record.firstRequestMessage = first.message
+                call.record.firstRequestMessageCompressed = first.compressed
+                call.record.firstRequestMessageLength = first.length
+            }
+            call.record.requestMessages = requestMessages
             call.record.requestBytes = call.requestFramer.payloadBytes
         case .serverToClient:
             if call.record.firstResponseTime == nil { call.record.firstResponseTime = time }
             call.record.responseWireBytes += piece.readableBytes
+            var responseMessages = call.record.responseMessages
             call.responseFramer.feed(
                 piece,
                 captureLimit: { _ in limits.recordEvents ? limits.messageCapture : 0 },
                 onMessage: { message in
-                    call.record.responseMessages += 1
+                    responseMessages += 1
                     if limits.recordEvents {
-                        report(
-                            .message(Self.wireMessage(message, .serverToClient, capture: limits.messageCapture)),
-                            streamID: streamID, at: time)
+                        events.append(
+                            WireEvent(
+                                .message(Self.wireMessage(message, .serverToClient, capture: limits.messageCapture)),
+                                time: time, streamID: streamID))
                     }
                 })
+            call.record.responseMessages = responseMessages
             call.record.responseBytes = call.responseFramer.payloadBytes
         }
-        calls[streamID] = call
     }
 
     /// A DATA frame with END_STREAM ended `direction` of `streamID`.
