@@ -64,8 +64,8 @@ final class ConnectionTap {
         }
     }
 
-    func observe(_ buffer: ByteBuffer, direction: Direction) {
-        let now = WallClock.nowNanos()
+    /// Decodes a copy of `buffer`, which was read at `now` (ns since the epoch) and already forwarded.
+    func observe(_ buffer: ByteBuffer, direction: Direction, at now: UInt64) {
         guard decoder.isDecoding else {
             decoder.feed(buffer, direction: direction, at: now, emit: { _ in })
             return

@@ -51,6 +51,8 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
+        // The time the bytes arrived (one clock read per read cycle), not the later time they are decoded.
+        if unobserved.isEmpty { readTime = WallClock.nowNanos() }
         partner?.partnerWrite(buffer)
         unobserved.append(buffer)
     }
@@ -64,10 +66,12 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Buffers forwarded in this read cycle, not yet shown to the tap (at most one cycle's reads).
     private var unobserved: [ByteBuffer] = []
+    /// When the first of `unobserved` was read.
+    private var readTime: UInt64 = 0
 
     private func observeUnobserved() {
         guard !unobserved.isEmpty else { return }
-        for buffer in unobserved { tap.observe(buffer, direction: readDirection) }
+        for buffer in unobserved { tap.observe(buffer, direction: readDirection, at: readTime) }
         unobserved.removeAll(keepingCapacity: unobserved.count <= 4)
     }
 
