@@ -17,7 +17,7 @@ GEN="$PEERS/gen"
 REQ="$REPO/Tests/Peers/requirements.txt"
 PROTO_DIR="$REPO/Tests/Peers/proto"
 LOG="$PEERS/install.log"
-APT_PACKAGES=(nghttp2-proxy nghttp2-client haproxy socat golang-go golang-google-grpc-dev
+APT_PACKAGES=(git openssl nghttp2-proxy nghttp2-client haproxy socat golang-go golang-google-grpc-dev
     golang-github-hashicorp-yamux-dev golang-google-protobuf-dev)
 
 mkdir -p "$PEERS"
@@ -55,7 +55,7 @@ if ((${#missing[@]})); then
 else
     echo "apt: ${APT_PACKAGES[*]} already installed"
 fi
-for bin in nghttpx nghttp h2load haproxy socat go; do
+for bin in git openssl nghttpx nghttp h2load haproxy socat go; do
     command -v "$bin" >/dev/null || fail "$bin not on PATH after installing Debian packages"
 done
 

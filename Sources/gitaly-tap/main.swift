@@ -33,6 +33,9 @@ struct GitalyTap: AsyncParsableCommand {
             Glibc.exit(1)
         }
         if let path = expanded.path {
+            ConfigInUse.path = path
+            ConfigInUse.origins = expanded.origins
+            ConfigInUse.commandLine = given
             // A value from the file that the command rejects is reported with the file's line.
             do {
                 _ = try parseAsRoot(expanded.arguments)
@@ -57,14 +60,14 @@ struct UsageFailure: Error, CustomStringConvertible {
 
 func makeLogger(level: String, format: String = "auto") throws -> Logger {
     guard let parsed = Logger.Level(rawValue: level) else {
-        throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        throw ValidationError("--log-level '\(level)' is not a level: use trace, debug, info, notice, warning, error or critical")
     }
     let json: Bool
     switch format {
     case "json": json = true
     case "text": json = false
     case "auto": json = isatty(STDERR_FILENO) == 0
-    default: throw ValidationError("--log-format must be auto, json or text")
+    default: throw ValidationError("--log-format '\(format)' is not a format: use auto, json or text")
     }
     LoggingSystem.bootstrap { label in
         if json {
@@ -81,7 +84,19 @@ func makeLogger(level: String, format: String = "auto") throws -> Logger {
     return logger
 }
 
+/// The configuration file in use, so errors about its values can name its line.
+enum ConfigInUse {
+    nonisolated(unsafe) static var path: String?
+    nonisolated(unsafe) static var origins: [ConfigArguments.Origin] = []
+    nonisolated(unsafe) static var commandLine: [String] = []
+}
+
 func fail(_ message: String) -> ExitCode {
+    var message = message
+    if let path = ConfigInUse.path {
+        message = ConfigArguments.annotateValue(
+            message, origins: ConfigInUse.origins, path: path, commandLine: ConfigInUse.commandLine)
+    }
     FileHandleStderr.write("gitaly-tap: error: \(message)\n")
     return ExitCode(1)
 }
@@ -110,7 +125,7 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Seconds open connections may finish after SIGTERM/SIGINT.")
     var drainTimeout: Int = 30
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     @Option(help: "Log format: json (like Gitaly's logs), text, or auto (text on a terminal, else json).")
@@ -183,7 +198,12 @@ struct Proxy: AsyncParsableCommand {
     var trace2Dir: [String] = []
 
     func run() async throws {
-        let logger = try makeLogger(level: logLevel, format: logFormat)
+        let logger: Logger
+        do {
+            logger = try makeLogger(level: logLevel, format: logFormat)
+        } catch {
+            throw fail("\(error)")
+        }
         let listenAddress: TapAddress
         let upstreamAddress: TapAddress
         do {
@@ -203,6 +223,9 @@ struct Proxy: AsyncParsableCommand {
         if case .tls = listenAddress {} else if tlsCert != nil || tlsKey != nil {
             logger.warning("--tls-cert/--tls-key are ignored: --listen is not a tls:// address")
         }
+        if case .tls = upstreamAddress {} else if upstreamCa != nil || upstreamServerName != nil {
+            logger.warning("--upstream-ca/--upstream-server-name are ignored: --upstream is not a tls:// address")
+        }
         if let otlp {
             do {
                 options.otlp = try Self.otlpConfiguration(url: otlp, encoding: otlpEncoding, serviceName: serviceName)
@@ -217,8 +240,23 @@ struct Proxy: AsyncParsableCommand {
                 throw fail(error.description)
             }
         }
+        for directory in trace2Dir {
+            var isDirectory: ObjCBool = false
+            guard directory.hasPrefix("/"), FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory),
+                isDirectory.boolValue
+            else {
+                throw fail("--trace2-dir '\(directory)' must be an existing directory, given as an absolute path")
+            }
+        }
         options.trace2.directories = trace2Dir
         options.recording = try recording.options()
+        if let metrics {
+            do {
+                options.metricsAddress = try TapAddress(parsing: metrics)
+            } catch {
+                throw fail("--metrics: \(error)")
+            }
+        }
         if check {
             do {
                 try options.proxy.tls.check(listen: listenAddress, upstream: upstreamAddress)
@@ -227,13 +265,6 @@ struct Proxy: AsyncParsableCommand {
             }
             print(effectiveSettings, terminator: "")
             return
-        }
-        if let metrics {
-            do {
-                options.metricsAddress = try TapAddress(parsing: metrics)
-            } catch {
-                throw fail("--metrics: \(error)")
-            }
         }
         do {
             try await ProxyRuntime.run(options, logger: logger)

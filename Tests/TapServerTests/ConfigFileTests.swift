@@ -181,6 +181,9 @@ struct ConfigFileTests {
             ("listen = \"unix:/tmp/x.sock\"\nupstream = \"unix:/tmp/y.sock\"\nbogus = 1\n", "line 3: unknown key 'bogus'"),
             ("listen = \"unix:/tmp/x.sock\"\nupstream = \"unix:/tmp/y.sock\"\ndrain_timeout = \"soon\"\n", "line 3 (drain_timeout)"),
             ("listen = \"unix:/tmp/x.sock\"\nupstream = \"unix:/tmp/y.sock\"\n[tls]\nkey = 5\ncert = \n", "line 5: expected a value"),
+            ("listen = \"unix:/tmp/x.sock\"\nupstream = \"unix:/tmp/y.sock\"\nlog_level = \"loud\"\n", "line 3 (log_level)"),
+            ("listen = \"unix:/tmp/x.sock\"\nupstream = \"nope\"\n", "line 2 (upstream): address 'nope'"),
+            ("listen = \"unix:/tmp/x.sock\"\nupstream = \"unix:/tmp/y.sock\"\nmetrics = \"bogus\"\ncheck = true\n", "line 3 (metrics)"),
         ])
     func mistakesAreOneLine(text: String, expected: String) async throws {
         let dir = try TempDir()

@@ -68,6 +68,32 @@ struct ListenerTests {
         await first.stop(drain: .zero)
     }
 
+    @Test("a live datagram socket (another tap's Trace2 dgram target) is not taken over either")
+    func liveDatagramSocketIsRefused() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let path = dir.file("trace2.dgram")
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: Array(path.utf8))
+            raw[path.utf8.count] = 0
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        var before = stat()
+        stat(path, &before)
+        let (proxy, _) = Self.makeProxy(listen: .unix(path: path), upstream: .unix(path: dir.file("none.sock")))
+        await #expect(throws: ProxyStartError.self) { try await proxy.start() }
+        var after = stat()
+        stat(path, &after)
+        #expect(after.st_ino == before.st_ino, "the live datagram socket was replaced")
+    }
+
     @Test("an unreachable upstream closes the client promptly and the tap keeps serving")
     func unreachableUpstreamClosesClient() async throws {
         let dir = try TempDir()

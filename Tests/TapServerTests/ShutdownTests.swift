@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TapServer
 import Testing
 
@@ -22,20 +23,27 @@ struct ShutdownTests {
 
     /// Starts the 3-second stream and waits until its first reply has passed through the tap.
     static func startSlowStream(_ dir: TempDir, correlationID: String) async throws -> Task<CommandResult, Error> {
+        let finished = Mutex(false)
         let client = Task {
-            try await EchoPeerTests.client(
+            defer { finished.withLock { $0 = true } }
+            return try await EchoPeerTests.client(
                 "unix:" + dir.file("tap.sock"), "slow_stream", ["--correlation-id", correlationID, "--timing"])
         }
         // Wait until the client's HTTP/2 connection is open through the tap (the tap's metrics say so): the call
         // follows on it at once, and the connection stays open until the 3 s stream has ended.
-        try await waitForOpenHTTP2(dir)
+        do {
+            try await waitForOpenHTTP2(dir) { finished.withLock { $0 } }
+        } catch {
+            let result = try? await client.value
+            throw PeerError("\(error); client: \(result.map { "\($0.status) \($0.stdout) \($0.stderr)" } ?? "failed")")
+        }
         return client
     }
 
     /// Waits until the tap's metrics show one open HTTP/2 connection.
-    static func waitForOpenHTTP2(_ dir: TempDir) async throws {
-        let deadline = ContinuousClock.now + .seconds(30)
-        while ContinuousClock.now < deadline {
+    static func waitForOpenHTTP2(_ dir: TempDir, stopIf gaveUp: () -> Bool = { false }) async throws {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline, !gaveUp() {
             let socket = try? RawSocket(connectingTo: "unix:" + dir.file("metrics.sock"))
             if let socket {
                 try socket.write(Array("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
@@ -48,7 +56,7 @@ struct ShutdownTests {
             }
             try await Task.sleep(for: .milliseconds(50))
         }
-        throw PeerError("the client's connection never opened through the tap")
+        throw PeerError("the client's connection was not seen open through the tap")
     }
 
     static func waitExit(_ process: PeerProcess, timeout: Duration) async throws -> Duration {

@@ -145,4 +145,17 @@ public enum ConfigArguments {
         }
         return message
     }
+
+    /// Names the file line in an error about a value (quoted as `'value'`) that came from the file and was not
+    /// overridden on the command line.
+    public static func annotateValue(_ message: String, origins: [Origin], path: String, commandLine: [String]) -> String {
+        for origin in origins {
+            guard let value = origin.value, !value.isEmpty, message.contains("'\(value)'") else { continue }
+            let onCommandLine =
+                commandLine.contains("--\(origin.option)") || commandLine.contains { $0.hasPrefix("--\(origin.option)=") }
+            if onCommandLine { continue }
+            return "config \(path) line \(origin.line) (\(origin.key)): \(message)"
+        }
+        return message
+    }
 }

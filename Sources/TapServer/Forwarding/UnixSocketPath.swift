@@ -34,14 +34,25 @@ enum UnixSocketPath {
         }
     }
 
+    /// True when something listens at `path`: a stream socket accepts a connection, or a datagram socket
+    /// accepts a connected datagram socket (a stream probe of a live datagram socket fails with EPROTOTYPE).
     private static func isLive(_ path: String) -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
+        switch probe(path, type: Int32(SOCK_STREAM.rawValue)) {
+        case 0: return true
+        case EPROTOTYPE: return probe(path, type: Int32(SOCK_DGRAM.rawValue)) == 0
+        default: return false
+        }
+    }
+
+    /// 0 when a socket of `type` connects to `path`, else the errno.
+    private static func probe(_ path: String, type: Int32) -> Int32 {
+        let fd = socket(AF_UNIX, type, 0)
+        guard fd >= 0 else { return errno }
         defer { close(fd) }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return ENAMETOOLONG }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             raw.copyBytes(from: bytes)
             raw[bytes.count] = 0
@@ -51,6 +62,6 @@ enum UnixSocketPath {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
-        return result == 0
+        return result == 0 ? 0 : errno
     }
 }
