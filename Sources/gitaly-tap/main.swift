@@ -245,7 +245,10 @@ struct Proxy: AsyncParsableCommand {
             guard directory.hasPrefix("/"), FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory),
                 isDirectory.boolValue
             else {
-                throw fail("--trace2-dir '\(directory)' must be an existing directory, given as an absolute path")
+                throw fail(
+                    "--trace2-dir '\(directory)' must be an existing directory, given as an absolute path"
+                        + " (create it, or point it at Gitaly's $TMPDIR)"
+                )
             }
         }
         options.trace2.directories = trace2Dir

@@ -43,7 +43,7 @@ struct Trace2CommandLineTests {
         "bad Trace2 options stop the tap with one clear line",
         arguments: [
             (["--trace2-socket", "relative/t2.sock"], "git only accepts an absolute path"),
-            (["--trace2-dir", "/nonexistent/gitaly-tmp"], "is not a directory"),
+            (["--trace2-dir", "/nonexistent/gitaly-tmp"], "must be an existing directory"),
             (
                 ["--trace2-socket", "/tmp"],
                 "exists and is not a socket; refusing to replace it (choose another --trace2-socket path)"
