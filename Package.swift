@@ -28,10 +28,12 @@ let package = Package(
             name: "TapTrace",
             dependencies: ["TapWire"]
         ),
+        // CRC-32 by carry-less multiplication (x86-64 PCLMULQDQ), for the recording's checksums.
+        .target(name: "CTapCRC"),
         // Session recordings: file format, writer, reader, redaction (docs/recording.md).
         .target(
             name: "TapRecord",
-            dependencies: ["TapWire", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["TapWire", "CTapCRC", .product(name: "NIOCore", package: "swift-nio")]
         ),
         // The I/O edge: listeners, splice, sinks, runtime wiring.
         .target(

@@ -309,4 +309,37 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
         #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
         #expect(CRC32.checksum([UInt8]()) == 0)
     }
+
+    @Test("CRC-32 of long inputs matches zlib's (the carry-less fold where the CPU has it)")
+    func crcLong() {
+        // Values from zlib's crc32 (Python: zlib.crc32(...)).
+        #expect(CRC32.checksum((0..<100_003).map { UInt8($0 % 251) }) == 0xBCE3_A8C1)
+        #expect(CRC32.checksum([UInt8](repeating: 0x5A, count: 1 << 20)) == 0x8D02_798E)
+    }
+
+    @Test("CRC-32: the fold and the tables agree on every length, alignment and split")
+    func crcFoldMatchesTables() {
+        #if arch(x86_64) && os(Linux)
+            // The fold must really be in use where the CPU has it, or this test compares the tables with themselves.
+            let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+            let flags = cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") } ?? ""
+            let words = Set(flags.split(separator: " "))
+            #expect(CRC32.hasCarrylessFold == (words.contains("pclmulqdq") && words.contains("sse4_1")))
+        #endif
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<4_200).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        data.withUnsafeBytes { all in
+            for length in Array(0...300) + [1_023, 1_024, 1_025, 4_096, 4_111] {
+                for offset in [0, 1, 7, 13] where offset + length <= all.count {
+                    let slice = UnsafeRawBufferPointer(rebasing: all[offset..<(offset + length)])
+                    let expected = CRC32.tableOnlyUpdate(0, slice)
+                    #expect(CRC32.update(0, slice) == expected, "length \(length), offset \(offset)")
+                    // Two pieces continue one checksum, whatever the split.
+                    let cut = length / 3
+                    let first = CRC32.update(0, UnsafeRawBufferPointer(rebasing: slice[0..<cut]))
+                    #expect(CRC32.update(first, UnsafeRawBufferPointer(rebasing: slice[cut...])) == expected)
+                }
+            }
+        }
+    }
 }

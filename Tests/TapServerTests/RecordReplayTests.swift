@@ -263,7 +263,7 @@ struct RecordReplayTests {
         #expect(tapped.stdout == direct.stdout)
         let stopped = tap.stderr.split(separator: "\n").filter { $0.contains("recording stopped") }
         #expect(stopped.count == 1, "\(tap.stderr)")
-        #expect(stopped.first?.contains("disk too slow") == true)
+        #expect(stopped.first?.contains("fell behind the traffic") == true)
         let session = try RecordedSession.load(path: recording)
         #expect(
             session.notices.contains {

@@ -108,6 +108,8 @@ final class Bench {
     var children: [Child] = []
     var paths: [BenchPath] = []
     var recordingAvailable = false
+    /// Per transport: how much the tap+record path wrote and whether its recording stopped during the run.
+    var recordingOutcome: [String] = []
     let portBase: Int
     var loadBefore = ""
 
@@ -138,7 +140,9 @@ final class Bench {
         try runMix()
         try runIdle()
         let loadAfter = ProcStat.loadAverage()
+        recordingOutcome = recordingSummary()
         let report = Report(options: options, paths: paths, recordingAvailable: recordingAvailable,
+                            recordingOutcome: recordingOutcome,
                             loadBefore: loadBefore, loadAfter: loadAfter).markdown()
         print("\n" + report)
         if let file = options.markdown {
@@ -148,6 +152,25 @@ final class Bench {
         // Span logs of a full run are hundreds of MB; keep the work directory only when a run fails.
         for child in children.reversed() { child.stop() }
         try? FileManager.default.removeItem(atPath: work)
+    }
+
+    /// What each tap+record path wrote (file bytes) and any "recording stopped" line from its log: a recording
+    /// that stopped part-way would make the tap+record figures those of a tap without recording.
+    func recordingSummary() -> [String] {
+        paths.filter { $0.name == "tap+record" }.map { path in
+            for child in children where child.name == "taprec-\(path.transport)" { child.stop() }
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: work)) ?? []
+            let bytes = files.filter { $0.hasPrefix("record-\(path.transport).tap") }.reduce(0) { sum, name in
+                let size = (try? FileManager.default.attributesOfItem(atPath: "\(work)/\(name)")[.size]) as? Int
+                return sum + (size ?? 0)
+            }
+            let log = (try? String(contentsOfFile: "\(work)/taprec-\(path.transport).log", encoding: .utf8)) ?? ""
+            let stopped = log.split(separator: "\n").filter { $0.contains("recording stopped") }
+            let outcome = stopped.isEmpty
+                ? "recording ran to the end"
+                : "RECORDING STOPPED during the run (\(stopped[0].trimmingCharacters(in: .whitespaces)))"
+            return "\(path.transport): \(Report.mib(bytes)) MiB recorded in \(files.filter { $0.hasPrefix("record-\(path.transport).tap") }.count) file(s); \(outcome)"
+        }
     }
 
     // MARK: Processes

@@ -5,6 +5,7 @@ struct Report {
     let options: BenchOptions
     let paths: [BenchPath]
     let recordingAvailable: Bool
+    let recordingOutcome: [String]
     let loadBefore: String
     let loadAfter: String
 
@@ -48,6 +49,7 @@ struct Report {
         out.append("- Command: `\(options.command)`")
         out.append("- Paths run interleaved in one run; the tap is a release build with the span log written to a file."
             + " Recording: \(recordingAvailable ? "on for the tap+record rows" : "not available (no `--record` in this build)").")
+        for line in recordingOutcome { out.append("- Recording outcome, \(line).") }
         out.append("- `haproxy` is the pure byte relay (HAProxy `mode tcp`): the floor for any user-space proxy here.")
         out.append("")
 

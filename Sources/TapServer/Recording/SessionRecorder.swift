@@ -121,7 +121,9 @@ public final class SessionRecorder: Sendable {
             if q.bytes + bytes > options.maxQueuedBytes {
                 q.stopped = true
                 q.items.append(
-                    .stop("the writer fell more than \(options.maxQueuedBytes) bytes behind (disk too slow)"))
+                    .stop(
+                        "the writer fell more than \(options.maxQueuedBytes) bytes behind (the disk, or the CPU left"
+                            + " for checksums and writes, is too slow for the traffic)"))
                 let schedule = !q.draining
                 q.draining = true
                 return (false, schedule, true)
@@ -134,7 +136,7 @@ public final class SessionRecorder: Sendable {
         }
         if overflow {
             logger.error(
-                "recording stopped: the writer fell behind (disk too slow); traffic continues unrecorded",
+                "recording stopped: the writer fell behind the traffic (slow disk or busy CPU); traffic continues unrecorded",
                 metadata: ["file": "\(options.path)", "queued_bytes_limit": "\(options.maxQueuedBytes)"])
         }
         if schedule { pool.submit { [self] _ in drain() } }
