@@ -18,6 +18,7 @@ public final class SpanLogWriter: SpanSink {
         var fd: Int32
         var buffer: [UInt8] = []
         var failed = false
+        var keyOrder = SpanJSONEncoder.KeyOrderCache()
     }
 
     private let state: Mutex<State>
@@ -50,7 +51,7 @@ public final class SpanLogWriter: SpanSink {
     public func write(_ span: Span) {
         let needsFlush = state.withLock { state in
             // Encoded straight into the write buffer: no intermediate String or copy per span.
-            SpanJSONEncoder.encode(span, into: &state.buffer)
+            SpanJSONEncoder.encode(span, into: &state.buffer, cache: &state.keyOrder)
             state.buffer.append(UInt8(ascii: "\n"))
             return state.buffer.count >= 64 * 1024
         }
