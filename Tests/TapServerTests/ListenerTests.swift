@@ -99,7 +99,11 @@ struct ListenerTests {
         let dir = try TempDir()
         defer { dir.cleanup() }
         let upstreamPath = dir.file("up.sock")
-        let (proxy, _) = Self.makeProxy(listen: .unix(path: dir.file("tap.sock")), upstream: .unix(path: upstreamPath))
+        let (logger, logs) = CapturingLogHandler.logger()
+        let proxy = TapProxy(
+            configuration: ProxyConfiguration(listen: .unix(path: dir.file("tap.sock")), upstream: .unix(path: upstreamPath)),
+            pipeline: SpanPipeline(sinks: [], logger: logger), group: MultiThreadedEventLoopGroup.singleton,
+            logger: logger)
         try await proxy.start()
         let started = ContinuousClock.now
         let socket = try RawSocket(connectingTo: "unix:" + dir.file("tap.sock"))
@@ -108,6 +112,11 @@ struct ListenerTests {
         let got = (try? socket.readToEnd(timeout: 10)) ?? 0
         #expect(got == 0)
         #expect(ContinuousClock.now - started < .seconds(5), "client was not closed promptly")
+        // The operator is told, once, with the address that could not be reached.
+        let failures = logs.all.filter { $0.message.contains("cannot reach upstream") }
+        #expect(failures.count == 1, "\(logs.lines)")
+        #expect(failures.first?.level == .error)
+        #expect(failures.first?.metadata["upstream"]?.contains(upstreamPath) == true, "\(logs.lines)")
 
         // Once the upstream exists, the same tap forwards.
         let echo = try PeerProcess("/usr/bin/socat", ["UNIX-LISTEN:\(upstreamPath),fork", "EXEC:cat"], dir: dir, name: "cat")

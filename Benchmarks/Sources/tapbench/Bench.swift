@@ -235,7 +235,7 @@ final class Bench {
                     name: "taprec-\(transport)", executable: options.tap,
                     arguments: ["proxy", "--listen", address(ep), "--upstream", upstreamAddress,
                                 "--spans", "\(work)/spans-rec-\(transport).jsonl",
-                                "--record", "\(work)/record-\(transport).tap",
+                                "--record", "\(work)/record-\(transport).tap", "--drain-timeout", "1",
                                 "--log-level", "warning", "--log-format", "text"],
                     log: "\(work)/taprec-\(transport).log")
                 children.append(child)

@@ -2,7 +2,7 @@ import Foundation
 
 /// A blocking client socket for byte-level tests (no HTTP/2 stack in the way).
 final class RawSocket: @unchecked Sendable {  // a file descriptor; tests use it from one thread per direction
-    let fd: Int32
+    private(set) var fd: Int32
 
     /// Connects to `unix:/path` or `tcp://127.0.0.1:port`.
     init(connectingTo address: String) throws {
@@ -19,7 +19,7 @@ final class RawSocket: @unchecked Sendable {  // a file descriptor; tests use it
             let rc = withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
-            guard rc == 0 else { close(fd); throw PeerError("connect \(address): errno \(errno)") }
+            guard rc == 0 else { Foundation.close(fd); throw PeerError("connect \(address): errno \(errno)") }
         } else {
             let hostPort = address.dropFirst("tcp://".count)
             let colon = hostPort.lastIndex(of: ":")!
@@ -32,11 +32,22 @@ final class RawSocket: @unchecked Sendable {  // a file descriptor; tests use it
             let rc = withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
-            guard rc == 0 else { close(fd); throw PeerError("connect \(address): errno \(errno)") }
+            guard rc == 0 else { Foundation.close(fd); throw PeerError("connect \(address): errno \(errno)") }
         }
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { Foundation.close(fd) } }
+
+    /// Closes now, with an RST instead of a FIN when `reset` (SO_LINGER with a zero timeout).
+    func close(reset: Bool = false) {
+        guard fd >= 0 else { return }
+        if reset {
+            var option = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+        }
+        Foundation.close(fd)
+        fd = -1
+    }
 
     func write(_ bytes: [UInt8]) throws {
         var offset = 0

@@ -1,0 +1,181 @@
+import Foundation
+import Logging
+import NIOPosix
+import Testing
+
+@testable import TapServer
+
+/// A one-connection TCP listener on 127.0.0.1 for byte-level tests: the far end of the tap, as plain sockets.
+private final class RawTCPListener: @unchecked Sendable {  // a descriptor used by one test thread
+    let fd: Int32
+    let port: Int
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = 0
+        sa.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var size = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &sa) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                bind(fd, address, size) == 0 && listen(fd, 4) == 0 && getsockname(fd, address, &size) == 0
+            }
+        }
+        guard bound else {
+            Glibc.close(fd)
+            throw PeerError("raw listener: errno \(errno)")
+        }
+        port = Int(UInt16(bigEndian: sa.sin_port))
+    }
+
+    deinit { Glibc.close(fd) }
+
+    /// Waits for the tap's upstream connection.
+    func accept() throws -> AcceptedSocket {
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let accepted = Glibc.accept(fd, nil, nil)
+        guard accepted >= 0 else { throw PeerError("raw listener: accept failed, errno \(errno)") }
+        return AcceptedSocket(fd: accepted)
+    }
+}
+
+/// The accepted side of a raw connection.
+private final class AcceptedSocket: @unchecked Sendable {
+    private(set) var fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    deinit { if fd >= 0 { Glibc.close(fd) } }
+
+    /// Closes now, with an RST instead of a FIN (SO_LINGER with a zero timeout).
+    func resetClose() {
+        var option = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+        Glibc.close(fd)
+        fd = -1
+    }
+}
+
+/// What a blocking read on `fd` ended with: bytes, EOF, or an error (ECONNRESET is the mirrored reset).
+private enum ReadEnd: Equatable {
+    case bytes([UInt8])
+    case eof
+    case error(Int32)
+}
+
+private func readOnce(_ fd: Int32, timeout: Int = 10) -> ReadEnd {
+    var tv = timeval(tv_sec: timeout, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+    if n > 0 { return .bytes(Array(buffer[0..<n])) }
+    if n == 0 { return .eof }
+    return .error(errno)
+}
+
+private func writeAll(_ fd: Int32, _ text: String) {
+    let bytes = Array(text.utf8)
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
+}
+
+/// Issue 2: half-close, close and reset on one side reach the other side as the same event.
+@Suite("Close mirroring", .serialized)
+struct CloseMirroringTests {
+    private static func startTap(upstreamPort: Int) async throws -> (TapProxy, Int) {
+        var logger = Logger(label: "close-mirroring")
+        logger.logLevel = .critical
+        let proxy = TapProxy(
+            configuration: ProxyConfiguration(
+                listen: .tcp(host: "127.0.0.1", port: 0), upstream: .tcp(host: "127.0.0.1", port: upstreamPort)),
+            pipeline: SpanPipeline(sinks: [], logger: logger), group: MultiThreadedEventLoopGroup.singleton,
+            logger: logger)
+        let bound = try await proxy.start()
+        return (proxy, try #require(bound.port))
+    }
+
+    @Test("a client's half-close reaches the upstream as EOF, and the upstream can still answer")
+    func halfCloseFromClient() async throws {
+        let listener = try RawTCPListener()
+        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
+        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
+        let upstream = try listener.accept()
+
+        try client.write(Array("request".utf8))
+        client.shutdownWrite()
+        var received: [UInt8] = []
+        readLoop: while true {
+            switch readOnce(upstream.fd) {
+            case .bytes(let bytes): received += bytes
+            case .eof: break readLoop
+            case .error(let code): Issue.record("upstream read failed: errno \(code)"); break readLoop
+            }
+        }
+        #expect(received == Array("request".utf8))
+        // The other direction stays open after the client's half-close.
+        writeAll(upstream.fd, "answer")
+        shutdown(upstream.fd, Int32(SHUT_WR))
+        var answer: [UInt8] = []
+        _ = try client.readToEnd(timeout: 10) { answer += $0 }
+        #expect(answer == Array("answer".utf8))
+        await proxy.stop(drain: .seconds(1))
+    }
+
+    @Test("an upstream's half-close reaches the client as EOF, and the client can still send")
+    func halfCloseFromUpstream() async throws {
+        let listener = try RawTCPListener()
+        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
+        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
+        let upstream = try listener.accept()
+
+        writeAll(upstream.fd, "banner")
+        shutdown(upstream.fd, Int32(SHUT_WR))
+        var banner: [UInt8] = []
+        _ = try client.readToEnd(timeout: 10) { banner += $0 }
+        #expect(banner == Array("banner".utf8))
+        try client.write(Array("late".utf8))
+        #expect(readOnce(upstream.fd) == .bytes(Array("late".utf8)))
+        await proxy.stop(drain: .seconds(1))
+    }
+
+    @Test("a client's reset reaches the upstream as a reset, not as an orderly close")
+    func resetFromClient() async throws {
+        let listener = try RawTCPListener()
+        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
+        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
+        let upstream = try listener.accept()
+        try client.write(Array("x".utf8))
+        #expect(readOnce(upstream.fd) == .bytes(Array("x".utf8)))
+
+        client.close(reset: true)
+        #expect(readOnce(upstream.fd) == .error(ECONNRESET))
+        await proxy.stop(drain: .seconds(1))
+    }
+
+    @Test("an upstream's reset reaches the client as a reset")
+    func resetFromUpstream() async throws {
+        let listener = try RawTCPListener()
+        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
+        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
+        let upstream = try listener.accept()
+        writeAll(upstream.fd, "y")
+        #expect(readOnce(client.fd) == .bytes(Array("y".utf8)))
+
+        upstream.resetClose()
+        #expect(readOnce(client.fd) == .error(ECONNRESET))
+        await proxy.stop(drain: .seconds(1))
+    }
+
+    @Test("a full close on one side closes the other side")
+    func closeFromClient() async throws {
+        let listener = try RawTCPListener()
+        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
+        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
+        let upstream = try listener.accept()
+        try client.write(Array("bye".utf8))
+        #expect(readOnce(upstream.fd) == .bytes(Array("bye".utf8)))
+        client.close()
+        #expect(readOnce(upstream.fd) == .eof)
+        await proxy.stop(drain: .seconds(1))
+    }
+}
