@@ -28,12 +28,13 @@ let package = Package(
             name: "TapTrace",
             dependencies: ["TapWire"]
         ),
-        // CRC-32 by carry-less multiplication (x86-64 PCLMULQDQ), for the recording's checksums.
-        .target(name: "CTapCRC"),
+        // Small C helpers: CRC-32 by carry-less multiplication (x86-64 PCLMULQDQ) for the recording's checksums,
+        // and returning freed memory to the system after a recording burst.
+        .target(name: "CTapSupport"),
         // Session recordings: file format, writer, reader, redaction (docs/recording.md).
         .target(
             name: "TapRecord",
-            dependencies: ["TapWire", "CTapCRC", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["TapWire", "CTapSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
         // The I/O edge: listeners, splice, sinks, runtime wiring.
         .target(
@@ -42,6 +43,7 @@ let package = Package(
                 "TapWire",
                 "TapTrace",
                 "TapRecord",
+                "CTapSupport",
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

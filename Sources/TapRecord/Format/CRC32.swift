@@ -1,4 +1,4 @@
-import CTapCRC
+import CTapSupport
 
 /// CRC-32 (IEEE 802.3, the polynomial of zlib, gzip and PNG). Runs of 64 bytes and more are folded with carry-less
 /// multiplication where the CPU has it (x86-64 PCLMULQDQ, about 10x the table's speed: the recorder checksums every

@@ -1,3 +1,4 @@
+import CTapSupport
 import Logging
 import NIOCore
 import NIOPosix
@@ -43,6 +44,8 @@ public final class SessionRecorder: Sendable {
     private struct Queue {
         var items: [Item] = []
         var bytes = 0
+        /// The most payload that waited at once since the writer last went idle.
+        var highWater = 0
         var draining = false
         var stopped = false
         var finishing: [CheckedContinuation<Void, Never>] = []
@@ -130,6 +133,7 @@ public final class SessionRecorder: Sendable {
             }
             q.items.append(item)
             q.bytes += bytes
+            q.highWater = max(q.highWater, q.bytes)
             let schedule = !q.draining
             q.draining = true
             return (true, schedule, false)
@@ -143,10 +147,14 @@ public final class SessionRecorder: Sendable {
         return accepted
     }
 
+    /// Queued payload past which the writer returns freed memory to the system when it next goes idle.
+    static let trimAfterBytes = 8 << 20
+
     /// Runs on the writer thread; only one drain runs at a time (`draining`).
     private func drain() {
         while true {
-            let (items, waiting) = queue.withLock { q -> ([Item], [CheckedContinuation<Void, Never>]) in
+            let (items, waiting, highWater) = queue.withLock {
+                q -> ([Item], [CheckedContinuation<Void, Never>], Int) in
                 let items = q.items
                 q.items = []
                 q.bytes = 0
@@ -154,14 +162,19 @@ public final class SessionRecorder: Sendable {
                     q.draining = false
                     let waiting = q.finishing
                     q.finishing = []
-                    return (items, waiting)
+                    defer { q.highWater = 0 }
+                    return (items, waiting, q.highWater)
                 }
-                return (items, [])
+                return (items, [], 0)
             }
             if items.isEmpty {
                 // Idle: everything goes to the file now; during a burst only whole blocks were written.
                 output.withLock { out in flushAll(&out) }
                 for continuation in waiting { continuation.resume() }
+                // After a burst of large payloads, give the freed buffers back to the system: glibc keeps freed
+                // heap memory (and raises its mmap threshold after freeing large blocks), so the tap's RSS would
+                // otherwise stay at the burst's peak.
+                if highWater >= Self.trimAfterBytes { _ = tap_release_free_memory() }
                 return
             }
             output.withLock { out in write(items, to: &out) }

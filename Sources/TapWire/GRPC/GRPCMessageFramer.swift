@@ -75,7 +75,9 @@ public struct GRPCMessageFramer: Sendable {
                     capture = slice
                 } else {
                     var slice = slice
-                    if capture == nil { capture = ByteBuffer() }
+                    // Sized once for everything this message will keep: growing by doubling would hold up to
+                    // twice the payload while the copy waits for the recorder.
+                    if capture == nil { capture = ByteBufferAllocator().buffer(capacity: captureRemaining) }
                     capture!.writeBuffer(&slice)
                 }
                 captureRemaining -= keep

@@ -1,5 +1,5 @@
-#ifndef CTAPCRC_H
-#define CTAPCRC_H
+#ifndef CTAPSUPPORT_H
+#define CTAPSUPPORT_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -11,5 +11,9 @@ int tap_crc32_fold_available(void);
 /// `state` is the running register (already inverted, as in the table-driven loop); returns the new register.
 /// Only call it when tap_crc32_fold_available() returned 1.
 uint32_t tap_crc32_fold(uint32_t state, const uint8_t *bytes, size_t length);
+
+/// Returns freed heap memory to the system (glibc's malloc_trim); a no-op elsewhere. Returns 1 when memory was
+/// released.
+int tap_release_free_memory(void);
 
 #endif

@@ -2,7 +2,7 @@
 // 128-bit lanes, the lanes into one, then reduced to 32 bits by a Barrett reduction. The method is Intel's
 // "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ Instruction" (2009); the constants are the
 // powers x^k mod P(x) (bit-reflected) that the paper derives for P = 0x104C11DB7.
-#include "CTapCRC.h"
+#include "CTapSupport.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
