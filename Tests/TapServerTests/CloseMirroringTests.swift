@@ -43,7 +43,7 @@ private final class RawTCPListener: @unchecked Sendable {  // a descriptor used 
 }
 
 /// The accepted side of a raw connection.
-private final class AcceptedSocket: @unchecked Sendable {
+final class AcceptedSocket: @unchecked Sendable {
     private(set) var fd: Int32
     init(fd: Int32) { self.fd = fd }
     deinit { if fd >= 0 { Glibc.close(fd) } }
@@ -57,26 +57,39 @@ private final class AcceptedSocket: @unchecked Sendable {
     }
 }
 
-/// What a blocking read on `fd` ended with: bytes, EOF, or an error (ECONNRESET is the mirrored reset).
+/// What a blocking read ended with: bytes, EOF, or an error (ECONNRESET is the mirrored reset).
 private enum ReadEnd: Equatable {
     case bytes([UInt8])
     case eof
     case error(Int32)
 }
 
-private func readOnce(_ fd: Int32, timeout: Int = 10) -> ReadEnd {
-    var tv = timeval(tv_sec: timeout, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
-    if n > 0 { return .bytes(Array(buffer[0..<n])) }
-    if n == 0 { return .eof }
-    return .error(errno)
+/// Reads and writes go through the socket object, never a bare descriptor: an object the optimizer may release
+/// after its last use would close its descriptor while the test still used the number.
+private protocol ByteSocket: AnyObject {
+    var fd: Int32 { get }
 }
 
-private func writeAll(_ fd: Int32, _ text: String) {
-    let bytes = Array(text.utf8)
-    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
+extension RawSocket: ByteSocket {}
+extension AcceptedSocket: ByteSocket {}
+
+extension ByteSocket {
+    func readOnce(timeout: Int = 10) -> ReadEnd {
+        var tv = timeval(tv_sec: timeout, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        if n > 0 { return .bytes(Array(buffer[0..<n])) }
+        if n == 0 { return .eof }
+        return .error(errno)
+    }
+
+    func send(_ text: String) {
+        let bytes = Array(text.utf8)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
+    }
+
+    func halfClose() { shutdown(fd, Int32(SHUT_WR)) }
 }
 
 /// Issue 2: half-close, close and reset on one side reach the other side as the same event.
@@ -105,7 +118,7 @@ struct CloseMirroringTests {
         client.shutdownWrite()
         var received: [UInt8] = []
         readLoop: while true {
-            switch readOnce(upstream.fd) {
+            switch upstream.readOnce() {
             case .bytes(let bytes): received += bytes
             case .eof: break readLoop
             case .error(let code): Issue.record("upstream read failed: errno \(code)"); break readLoop
@@ -113,8 +126,8 @@ struct CloseMirroringTests {
         }
         #expect(received == Array("request".utf8))
         // The other direction stays open after the client's half-close.
-        writeAll(upstream.fd, "answer")
-        shutdown(upstream.fd, Int32(SHUT_WR))
+        upstream.send("answer")
+        upstream.halfClose()
         var answer: [UInt8] = []
         _ = try client.readToEnd(timeout: 10) { answer += $0 }
         #expect(answer == Array("answer".utf8))
@@ -128,13 +141,13 @@ struct CloseMirroringTests {
         let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
         let upstream = try listener.accept()
 
-        writeAll(upstream.fd, "banner")
-        shutdown(upstream.fd, Int32(SHUT_WR))
+        upstream.send("banner")
+        upstream.halfClose()
         var banner: [UInt8] = []
         _ = try client.readToEnd(timeout: 10) { banner += $0 }
         #expect(banner == Array("banner".utf8))
         try client.write(Array("late".utf8))
-        #expect(readOnce(upstream.fd) == .bytes(Array("late".utf8)))
+        #expect(upstream.readOnce() == .bytes(Array("late".utf8)))
         await proxy.stop(drain: .seconds(1))
     }
 
@@ -145,10 +158,10 @@ struct CloseMirroringTests {
         let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
         let upstream = try listener.accept()
         try client.write(Array("x".utf8))
-        #expect(readOnce(upstream.fd) == .bytes(Array("x".utf8)))
+        #expect(upstream.readOnce() == .bytes(Array("x".utf8)))
 
         client.close(reset: true)
-        #expect(readOnce(upstream.fd) == .error(ECONNRESET))
+        #expect(upstream.readOnce() == .error(ECONNRESET))
         await proxy.stop(drain: .seconds(1))
     }
 
@@ -158,11 +171,11 @@ struct CloseMirroringTests {
         let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
         let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
         let upstream = try listener.accept()
-        writeAll(upstream.fd, "y")
-        #expect(readOnce(client.fd) == .bytes(Array("y".utf8)))
+        upstream.send("y")
+        #expect(client.readOnce() == .bytes(Array("y".utf8)))
 
         upstream.resetClose()
-        #expect(readOnce(client.fd) == .error(ECONNRESET))
+        #expect(client.readOnce() == .error(ECONNRESET))
         await proxy.stop(drain: .seconds(1))
     }
 
@@ -173,9 +186,9 @@ struct CloseMirroringTests {
         let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
         let upstream = try listener.accept()
         try client.write(Array("bye".utf8))
-        #expect(readOnce(upstream.fd) == .bytes(Array("bye".utf8)))
+        #expect(upstream.readOnce() == .bytes(Array("bye".utf8)))
         client.close()
-        #expect(readOnce(upstream.fd) == .eof)
+        #expect(upstream.readOnce() == .eof)
         await proxy.stop(drain: .seconds(1))
     }
 }

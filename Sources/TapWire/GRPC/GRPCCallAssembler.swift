@@ -79,11 +79,10 @@ public struct GRPCCallAssembler: Sendable {
     ) throws {
         switch direction {
         case .clientToServer:
-            if var call = calls[streamID] {
+            if let index = calls.index(forKey: streamID) {
                 // Request trailers: gRPC clients do not send them, but HTTP/2 allows it.
                 if endStream {
-                    call.record.requestEndTime = time
-                    calls[streamID] = call
+                    calls.values[index].record.requestEndTime = time
                     if limits.recordEvents { report(.requestEnded, streamID: streamID, at: time) }
                 }
                 return
@@ -125,40 +124,42 @@ public struct GRPCCallAssembler: Sendable {
                 report(.callStarted(path: record.path, headers: fields), streamID: streamID, at: time)
                 if endStream { report(.requestEnded, streamID: streamID, at: time) }
             }
-            var call = OpenCall(record: record)
             if let goAway, streamID > goAway.lastStream {
                 // Sent before the client read the server's GOAWAY: the server will not process it.
-                finish(&call, end: .refusedByGoAway(code: goAway.code), at: time, emit: emit)
+                finish(OpenCall(record: record), end: .refusedByGoAway(code: goAway.code), at: time, emit: emit)
                 return
             }
-            calls[streamID] = call
+            calls[streamID] = OpenCall(record: record)
         case .serverToClient:
-            guard var call = calls[streamID] else { return }
-            if call.record.firstResponseTime == nil { call.record.firstResponseTime = time }
-            if !call.sawResponseHeaders {
-                call.sawResponseHeaders = true
-                if let status = headers.first(name: ":status") { call.record.httpStatus = Int(status) }
+            // Updated in place, and taken out of the table (not copied) when it ends: a call record holds a dozen
+            // references, and this runs for every response.
+            guard let index = calls.index(forKey: streamID) else { return }
+            if calls.values[index].record.firstResponseTime == nil { calls.values[index].record.firstResponseTime = time }
+            if !calls.values[index].sawResponseHeaders {
+                calls.values[index].sawResponseHeaders = true
+                if let status = headers.first(name: ":status") { calls.values[index].record.httpStatus = Int(status) }
                 let fields = Self.metadata(headers)
                 if endStream {
+                    var call = calls.remove(at: index).value
                     call.record.trailers = fields
                     Self.takeStatus(from: headers, into: &call.record)
                     if limits.recordEvents {
                         report(.trailers(Self.rawFields(headers, raw), trailersOnly: true), streamID: streamID, at: time)
                     }
-                    finish(&call, end: .trailersOnly, at: time, emit: emit)
+                    finish(call, end: .trailersOnly, at: time, emit: emit)
                     return
                 }
-                call.record.responseMetadata = fields
-                calls[streamID] = call
+                calls.values[index].record.responseMetadata = fields
                 if limits.recordEvents { report(.responseHeaders(Self.rawFields(headers, raw)), streamID: streamID, at: time) }
             } else {
                 if limits.recordEvents {
                     report(.trailers(Self.rawFields(headers, raw), trailersOnly: false), streamID: streamID, at: time)
                 }
+                var call = calls.remove(at: index).value
                 call.record.trailers = Self.metadata(headers)
                 Self.takeStatus(from: headers, into: &call.record)
                 // Trailers without END_STREAM are malformed HTTP; the call still ends at its status.
-                finish(&call, end: .trailers, at: time, emit: emit)
+                finish(call, end: .trailers, at: time, emit: emit)
             }
         }
     }
@@ -233,15 +234,14 @@ public struct GRPCCallAssembler: Sendable {
 
     /// A DATA frame with END_STREAM ended `direction` of `streamID`.
     public mutating func endStream(streamID: UInt32, direction: Direction, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
-        guard var call = calls[streamID] else { return }
+        guard let index = calls.index(forKey: streamID) else { return }
         switch direction {
         case .clientToServer:
-            call.record.requestEndTime = time
-            calls[streamID] = call
+            calls.values[index].record.requestEndTime = time
             if limits.recordEvents { report(.requestEnded, streamID: streamID, at: time) }
         case .serverToClient:
             // A server that ends with DATA has sent no trailers: no gRPC status.
-            finish(&call, end: .trailers, at: time, emit: emit)
+            finish(calls.remove(at: index).value, end: .trailers, at: time, emit: emit)
         }
     }
 
@@ -249,8 +249,8 @@ public struct GRPCCallAssembler: Sendable {
     public mutating func reset(
         streamID: UInt32, direction: Direction, code: UInt32, at time: UInt64, emit: (GRPCCallRecord) -> Void
     ) {
-        guard var call = calls[streamID] else { return }
-        finish(&call, end: .reset(by: direction, code: code), at: time, emit: emit)
+        guard let call = calls.removeValue(forKey: streamID) else { return }
+        finish(call, end: .reset(by: direction, code: code), at: time, emit: emit)
     }
 
     /// A GOAWAY travelling in `direction`: streams above `lastStreamID` opened by the other side were not processed.
@@ -260,8 +260,8 @@ public struct GRPCCallAssembler: Sendable {
         guard direction == .serverToClient else { return }
         goAway = (lastStreamID, code)
         for id in calls.keys.sorted() where id > lastStreamID {
-            if var call = calls[id] {
-                finish(&call, end: .refusedByGoAway(code: code), at: time, emit: emit)
+            if let call = calls.removeValue(forKey: id) {
+                finish(call, end: .refusedByGoAway(code: code), at: time, emit: emit)
             }
         }
     }
@@ -269,14 +269,17 @@ public struct GRPCCallAssembler: Sendable {
     /// Ends every open call with `end` (connection closed, decoding stopped), in stream order.
     public mutating func finishAll(end: GRPCCallRecord.End, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
         for id in calls.keys.sorted() {
-            if var call = calls[id] {
-                finish(&call, end: end, at: time, emit: emit)
+            if let call = calls.removeValue(forKey: id) {
+                finish(call, end: end, at: time, emit: emit)
             }
         }
     }
 
-    private mutating func finish(_ call: inout OpenCall, end: GRPCCallRecord.End, at time: UInt64, emit: (GRPCCallRecord) -> Void) {
-        calls[call.record.streamID] = nil
+    /// Ends `call`, already taken out of the table.
+    private mutating func finish(
+        _ call: consuming OpenCall, end: GRPCCallRecord.End, at time: UInt64, emit: (GRPCCallRecord) -> Void
+    ) {
+        var call = call
         call.record.endTime = time
         call.record.end = end
         if limits.recordEvents { report(.callEnded(end), streamID: call.record.streamID, at: time) }

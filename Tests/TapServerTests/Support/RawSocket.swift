@@ -19,7 +19,7 @@ final class RawSocket: @unchecked Sendable {  // a file descriptor; tests use it
             let rc = withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
-            guard rc == 0 else { Foundation.close(fd); throw PeerError("connect \(address): errno \(errno)") }
+            guard rc == 0 else { throw failConnect(address) }
         } else {
             let hostPort = address.dropFirst("tcp://".count)
             let colon = hostPort.lastIndex(of: ":")!
@@ -32,11 +32,21 @@ final class RawSocket: @unchecked Sendable {  // a file descriptor; tests use it
             let rc = withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
-            guard rc == 0 else { Foundation.close(fd); throw PeerError("connect \(address): errno \(errno)") }
+            guard rc == 0 else { throw failConnect(address) }
         }
     }
 
     deinit { if fd >= 0 { Foundation.close(fd) } }
+
+    /// Closes the descriptor of a failed connect and marks it closed: a class whose `init` throws after its
+    /// properties are set still runs `deinit`, which would otherwise close the same number again, by then perhaps
+    /// another thread's socket (that double close crashed NIO's accept in the test process).
+    private func failConnect(_ address: String) -> PeerError {
+        let error = PeerError("connect \(address): errno \(errno)")
+        Foundation.close(fd)
+        fd = -1
+        return error
+    }
 
     /// Closes now, with an RST instead of a FIN when `reset` (SO_LINGER with a zero timeout).
     func close(reset: Bool = false) {
