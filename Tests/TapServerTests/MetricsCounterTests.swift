@@ -235,4 +235,20 @@ struct MetricsCounterTests {
         #expect(Self.value(text, "gitaly_tap_git_process_spans_total") == Double(commands.count), "\(text)")
         await endpoint.close()
     }
+
+    @Test("a git process without a subcommand (bare `git`, which prints its usage) counts as a git process span")
+    func gitProcessWithoutSubcommand() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let metrics = TapMetrics()
+        let (endpoint, address) = try await Self.endpoint(metrics)
+        let spans = try await Self.traceGit(
+            ["git > /dev/null 2>&1; test $? = 1", "git version"], processes: 2, in: dir, metrics: metrics)
+        let bare = try #require(
+            spans.first { $0.attributes["git.argv"] == .stringArray(["git"]) }, "\(spans.map(\.name))")
+        #expect(bare.name == "git")
+        let text = try MetricsTests.get(address, "/metrics").1
+        #expect(Self.value(text, "gitaly_tap_git_process_spans_total") == 2, "\(text)")
+        await endpoint.close()
+    }
 }
