@@ -9,7 +9,12 @@ import Testing
 struct MetricsTests {
     /// GET `path` over HTTP/1.1 with a raw socket; returns (status line, body).
     static func get(_ port: Int, _ path: String) throws -> (String, String) {
-        let socket = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
+        try get("tcp://127.0.0.1:\(port)", path)
+    }
+
+    /// GET `path` from the endpoint at `address` (`tcp://127.0.0.1:port` or `unix:/path`).
+    static func get(_ address: String, _ path: String) throws -> (String, String) {
+        let socket = try RawSocket(connectingTo: address)
         try socket.write(Array("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
         var bytes: [UInt8] = []
         _ = try socket.readToEnd(timeout: 10) { bytes += $0 }
@@ -100,5 +105,47 @@ struct MetricsTests {
             _ = (silent, h2)
             try await waitFor([:])
         }
+    }
+
+    @Test("/health answers 200 while the tap accepts connections and 503 while it drains after SIGTERM")
+    func healthDuringDrain() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let (echo, tap) = try await ShutdownTests.start(in: dir, drainTimeout: 60)
+        defer {
+            tap.stop()
+            echo.stop()
+        }
+        let endpoint = "unix:" + dir.file("metrics.sock")
+        // An idle HTTP/2 connection (preface and SETTINGS, then nothing): the upstream keeps it open, so the drain
+        // waits for it.
+        var idle: RawSocket? = try RawSocket(connectingTo: "unix:" + dir.file("tap.sock"))
+        try idle!.write(Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0])
+        try await ShutdownTests.waitForOpenHTTP2(dir)
+        let serving = try Self.get(endpoint, "/health")
+        #expect(serving.0 == "HTTP/1.1 200 OK")
+        #expect(serving.1 == "ok\n")
+
+        tap.signal(SIGTERM)
+        var draining = serving
+        let deadline = ContinuousClock.now + .seconds(20)
+        while draining.0 == serving.0, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+            draining = try Self.get(endpoint, "/health")
+        }
+        #expect(draining.0 == "HTTP/1.1 503 Service Unavailable")
+        #expect(draining.1 == "not serving\n")
+        // Still draining, not gone: the process runs and the idle connection is still open through it.
+        #expect(!tap.exited)
+        let metrics = try Self.get(endpoint, "/metrics").1
+        #expect(Self.value(metrics, "gitaly_tap_connections_open{kind=\"http2\"}") == 1, "\(metrics)")
+        #expect(try Self.get(endpoint, "/health").0 == "HTTP/1.1 503 Service Unavailable")
+
+        // With the last connection gone the drain ends before its timeout and the process exits cleanly.
+        idle = nil
+        _ = idle
+        _ = try await ShutdownTests.waitExit(tap, timeout: .seconds(120))
+        #expect(tap.process.terminationStatus == 0, "\(tap.stderr)")
+        #expect(!tap.stderr.contains("drain timeout"), "\(tap.stderr)")
     }
 }

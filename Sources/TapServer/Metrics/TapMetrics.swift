@@ -59,7 +59,8 @@ public final class TapMetrics: SpanSink {
             case .string(let service) = a["rpc.service"], case .string(let method) = a["rpc.method"]
         {
             recordCall(span, service: service, method: method)
-        } else if span.name.hasPrefix("git ") || a["git.command"] != nil {
+        } else if a["trace2.sid"] != nil {
+            // Only a process span carries its Trace2 session id; names do not tell (bare `git` is named "git").
             state.withLock { $0.gitProcesses += 1 }
         }
     }

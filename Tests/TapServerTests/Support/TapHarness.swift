@@ -15,10 +15,11 @@ struct TapHarness: Sendable {
     /// The bound address in Gitaly form (resolves port 0).
     let address: String
 
-    /// Runs `body` with a tap listening on `listen` in front of `upstream`, then drains it.
+    /// Runs `body` with a tap listening on `listen` in front of `upstream`, then drains it; `capacity` bounds the
+    /// span pipeline's queue.
     static func with<T: Sendable>(
         listen: TapAddress, upstream: TapAddress, limits: GRPCCallAssemblerLimits = .init(),
-        metrics: TapMetrics? = nil, tls: TLSSettings = TLSSettings(), logger: Logger? = nil,
+        metrics: TapMetrics? = nil, tls: TLSSettings = TLSSettings(), logger: Logger? = nil, capacity: Int = 65_536,
         _ body: (TapHarness) async throws -> T
     ) async throws -> T {
         let logger = logger ?? {
@@ -27,7 +28,7 @@ struct TapHarness: Sendable {
             return logger
         }()
         let sink = CollectingSpanSink()
-        let pipeline = SpanPipeline(sinks: [sink], metrics: metrics, logger: logger)
+        let pipeline = SpanPipeline(sinks: [sink], capacity: capacity, metrics: metrics, logger: logger)
         var configuration = ProxyConfiguration(listen: listen, upstream: upstream, limits: limits.value)
         configuration.tls = tls
         let proxy = TapProxy(

@@ -15,14 +15,14 @@ struct Trace2Harness: Sendable {
     let proxy: TapProxy?
 
     static func with<T: Sendable>(
-        trace2: Trace2Options, listen: TapAddress? = nil, upstream: TapAddress? = nil,
+        trace2: Trace2Options, listen: TapAddress? = nil, upstream: TapAddress? = nil, metrics: TapMetrics? = nil,
         _ body: (Trace2Harness) async throws -> T
     ) async throws -> T {
         var logger = Logger(label: "trace2-test")
         logger.logLevel = .warning
         let sink = CollectingSpanSink()
         let collector = Trace2Collector(configuration: trace2.collector, logger: logger)
-        let pipeline = SpanPipeline(sinks: [sink], observer: collector, logger: logger)
+        let pipeline = SpanPipeline(sinks: [sink], metrics: metrics, observer: collector, logger: logger)
         let group = MultiThreadedEventLoopGroup.singleton
         let runtime = try await Trace2Runtime.start(trace2, collector: collector, group: group, logger: logger)
         var proxy: TapProxy?
