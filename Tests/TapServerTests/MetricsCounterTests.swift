@@ -85,8 +85,13 @@ struct MetricsCounterTests {
             guard try malformed.readToEnd(limit: 1, timeout: 10, onChunk: { answer += $0 }) > 0 else { break }
         }
         #expect(Self.holdsPingAck(answer), "the upstream's answer: \(answer)")
+        // Counted when decoding stops, while the connection is still open (not only when it ends).
+        let whileOpen = try MetricsTests.get(endpoint, "/metrics").1
+        #expect(Self.value(whileOpen, stopped) == 1, "\(whileOpen)")
         malformed.close()
-        _ = try await Self.scrape(endpoint, until: "the stopped connection counted") { Self.value($0, stopped) != nil }
+        _ = try await Self.scrape(endpoint, until: "the stopped connection counted") {
+            Self.value($0, "gitaly_tap_connections_total{kind=\"http2\"}") == 1
+        }
 
         let calls = 5
         for _ in 0..<calls {

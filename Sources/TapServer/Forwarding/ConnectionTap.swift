@@ -73,13 +73,7 @@ final class ConnectionTap {
         decoder.feed(buffer, direction: direction, at: now, emit: submit)
         if recorder != nil { handOverEvents() }
         if gaugeKind == .undetermined { updateGauge() }
-        if !reportedStop, let reason = decoder.stoppedReason {
-            reportedStop = true
-            pipeline.decodingStopped(reason: reason)
-            var metadata: Logger.Metadata = ["connection": "\(info.id)", "reason": "\(reason)"]
-            if let correlationID { metadata["correlation_id"] = "\(correlationID)" }
-            logger.warning("decoding stopped; forwarding continues", metadata: metadata)
-        }
+        reportStop()
     }
 
     func halfClosed(_ direction: Direction) {
@@ -92,11 +86,22 @@ final class ConnectionTap {
         logger.debug("connection error", metadata: ["connection": "\(info.id)", "error": "\(error)"])
     }
 
+    /// Logs and counts, once, that the decoder stopped.
+    private func reportStop() {
+        guard !reportedStop, let reason = decoder.stoppedReason else { return }
+        reportedStop = true
+        pipeline.decodingStopped(reason: reason)
+        var metadata: Logger.Metadata = ["connection": "\(info.id)", "reason": "\(reason)"]
+        if let correlationID { metadata["correlation_id"] = "\(correlationID)" }
+        logger.warning("decoding stopped; forwarding continues", metadata: metadata)
+    }
+
     func sideClosed(_ direction: Direction) {
         guard !closed else { return }
         closed = true
         let now = WallClock.nowNanos()
         decoder.close(at: now, emit: submit)
+        reportStop()
         if recorder != nil { handOverEvents() }
         updateGauge()
         gauge?.move(from: gaugeKind.rawValue, to: nil)

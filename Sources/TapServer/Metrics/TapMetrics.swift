@@ -73,10 +73,13 @@ public final class TapMetrics: SpanSink {
             s.bytes["to_server", default: 0] += UInt64(summary.bytesToServer)
             s.bytes["to_client", default: 0] += UInt64(summary.bytesToClient)
             s.connections[summary.kind, default: 0] += 1
-            if let reason = summary.decodingStopped {
-                s.decodingStopped[Self.reasonClass(reason), default: 0] += 1
-            }
         }
+    }
+
+    /// A connection's decoding stopped (forwarding goes on): counted now, not when the connection ends, so a
+    /// long-lived connection whose decoder gave up shows at once.
+    public func decodingStopped(reason: String) {
+        state.withLock { $0.decodingStopped[Self.reasonClass(reason), default: 0] += 1 }
     }
 
     private func recordCall(_ span: Span, service: String, method: String) {
@@ -147,7 +150,7 @@ public final class TapMetrics: SpanSink {
         for (d, v) in s.sidechannelBytes.sorted(by: { $0.key < $1.key }) { out += "gitaly_tap_sidechannel_bytes_total{direction=\"\(d)\"} \(v)\n" }
         out += "# HELP gitaly_tap_connections_total Connections closed, by kind (http2, backchannel, opaque, undetermined).\n# TYPE gitaly_tap_connections_total counter\n"
         for (k, v) in s.connections.sorted(by: { $0.key < $1.key }) { out += "gitaly_tap_connections_total{kind=\"\(k)\"} \(v)\n" }
-        out += "# HELP gitaly_tap_decoding_stopped_total Connections whose decoding stopped (forwarding went on), by reason.\n# TYPE gitaly_tap_decoding_stopped_total counter\n"
+        out += "# HELP gitaly_tap_decoding_stopped_total Connections whose decoding stopped (forwarding went on), by reason; counted when it stops.\n# TYPE gitaly_tap_decoding_stopped_total counter\n"
         for (k, v) in s.decodingStopped.sorted(by: { $0.key < $1.key }) { out += "gitaly_tap_decoding_stopped_total{reason=\"\(escape(k))\"} \(v)\n" }
         out += "# HELP gitaly_tap_git_process_spans_total Git process spans built from Trace2.\n# TYPE gitaly_tap_git_process_spans_total counter\n"
         out += "gitaly_tap_git_process_spans_total \(s.gitProcesses)\n"

@@ -63,6 +63,7 @@ public final class SpanPipeline: Sendable {
     }
 
     func decodingStopped(reason: String) {
+        metrics?.decodingStopped(reason: reason)
         counts.withLock { $0.decodingStopped += 1 }
     }
 
