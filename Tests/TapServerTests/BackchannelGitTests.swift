@@ -135,6 +135,15 @@ struct BackchannelGitTests {
                 stdout >= Int64(pack) && stdout <= Int64(pack + pack / 50 + 16_384), "stdout \(stdout), pack \(pack)")
             #expect(stdout < toClient)
             #expect(upload.attributes["gitaly.sidechannel.end"] == .string("closed"))
+            // Each way: the request ends before the answer does, the answer's first byte comes before its last,
+            // and both fit in the sidechannel's lifetime.
+            let whole = upload.attributes["gitaly.sidechannel.duration_ns"]?.intValue ?? -1
+            let toGitaly = upload.attributes["gitaly.sidechannel.to_server_duration_ns"]?.intValue ?? -1
+            let answer = upload.attributes["gitaly.sidechannel.to_client_duration_ns"]?.intValue ?? -1
+            let firstByte = upload.attributes["gitaly.sidechannel.time_to_first_byte_to_client_ns"]?.intValue ?? -1
+            #expect(toGitaly >= 0 && toGitaly <= answer, "to Gitaly \(toGitaly) ns, to the client \(answer) ns")
+            #expect(firstByte >= 0 && firstByte <= answer, "first byte \(firstByte) ns, last \(answer) ns")
+            #expect(answer <= whole, "to the client \(answer) ns, open \(whole) ns")
 
             // Push.
             let pushID = "01JTAPSSHPUSH00000000000001"

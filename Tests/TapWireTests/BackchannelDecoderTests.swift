@@ -114,6 +114,18 @@ struct BackchannelDecoderTests {
         #expect(sidechannel.bytesToServer == 4 + 46 + 4)
         #expect(sidechannel.clientDoneTime != nil)
         #expect(sidechannel.endTime > sidechannel.openTime)
+        // Times each way (the script's chunks: Gitaly opens, the client answers "ok" + request, the client's FIN,
+        // the answer in two halves).
+        let magic = Array("sidechannel".utf8)
+        let open = try #require(
+            script.chunks.firstIndex { chunk in
+                chunk.direction == .serverToClient
+                    && chunk.bytes.indices.contains { chunk.bytes[$0...].starts(with: magic) }
+            })
+        #expect(sidechannel.lastToServerTime == script.chunks[open + 1].time)
+        #expect(sidechannel.clientDoneTime == script.chunks[open + 1].time)
+        #expect(sidechannel.firstToClientTime == script.chunks[open + 3].time)
+        #expect(sidechannel.lastToClientTime == script.chunks[open + 4].time)
         #expect(outcome.decoder.sidechannels == 1)
         // The whole connection is counted, magic included.
         let c2s = script.chunks.filter { $0.direction == .clientToServer }.reduce(0) { $0 + $1.bytes.count }

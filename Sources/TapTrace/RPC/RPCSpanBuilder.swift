@@ -129,6 +129,16 @@ public struct RPCSpanBuilder: Sendable {
         if sidechannel.endTime >= sidechannel.openTime {
             attributes["gitaly.sidechannel.duration_ns"] = .int(Int64(sidechannel.endTime - sidechannel.openTime))
         }
+        // Each way: from the sidechannel's opening to the last byte that went that way.
+        if let last = sidechannel.lastToServerTime, last >= sidechannel.openTime {
+            attributes["gitaly.sidechannel.to_server_duration_ns"] = .int(Int64(last - sidechannel.openTime))
+        }
+        if let last = sidechannel.lastToClientTime, last >= sidechannel.openTime {
+            attributes["gitaly.sidechannel.to_client_duration_ns"] = .int(Int64(last - sidechannel.openTime))
+        }
+        if let first = sidechannel.firstToClientTime, first >= sidechannel.openTime {
+            attributes["gitaly.sidechannel.time_to_first_byte_to_client_ns"] = .int(Int64(first - sidechannel.openTime))
+        }
         attributes["gitaly.sidechannel.yamux_stream_id"] = .int(Int64(sidechannel.yamuxStreamID))
         switch sidechannel.end {
         case .closed: attributes["gitaly.sidechannel.end"] = .string("closed")

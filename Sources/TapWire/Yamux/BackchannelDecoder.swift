@@ -273,12 +273,15 @@ public struct BackchannelDecoder: Sendable {
             guard piece.readableBytes > 0 else { return }
             reportSidechannel(.sidechannelData(direction, piece), yamuxStreamID: state.record.yamuxStreamID, at: time)
             state.record.bytesToServer += piece.readableBytes
+            state.record.lastToServerTime = time
             var done = false
             state.client.feed(piece) { done = true }
             if done, state.record.clientDoneTime == nil { state.record.clientDoneTime = time }
         } else {
             if piece.readableBytes > 0 {
                 reportSidechannel(.sidechannelData(direction, piece), yamuxStreamID: state.record.yamuxStreamID, at: time)
+                if state.record.firstToClientTime == nil { state.record.firstToClientTime = time }
+                state.record.lastToClientTime = time
             }
             state.record.bytesToClient += piece.readableBytes
             state.server.feed(piece) {}

@@ -21,6 +21,11 @@ public struct SidechannelRecord: Sendable, Hashable {
     public var bytesToClient = 0
     /// When the client sent its final `0000` (done sending), if it did.
     public var clientDoneTime: UInt64?
+    /// When the last payload byte towards Gitaly was seen (the client's side of the transfer ends here).
+    public var lastToServerTime: UInt64?
+    /// When the first and the last payload byte towards the client were seen (Gitaly's answer: pack or output).
+    public var firstToClientTime: UInt64?
+    public var lastToClientTime: UInt64?
     /// Gitaly → client payload bytes per pkt-line band (index 1 = pack data / stdout, 2 = progress / stderr,
     /// 3 = error); index 0 counts pkt-lines without a band byte. Nil once the stream stopped parsing as pkt-lines.
     public var serverBands: [Int]? = [0, 0, 0, 0]
