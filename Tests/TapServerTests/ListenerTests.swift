@@ -151,3 +151,36 @@ struct CommandLineTests {
         #expect(result.stderr.contains("gitaly-tap: error:"), "\(result.stderr)")
     }
 }
+
+/// `--log-format`: JSON lines like Gitaly's, or text; `auto` picks JSON when standard error is not a terminal.
+@Suite("Log formats")
+struct LogFormatTests {
+    @Test("json and auto (standard error is a file here) write one JSON object per line; text writes plain lines",
+        arguments: ["json", "auto", "text"])
+    func formats(format: String) async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let tap = try PeerProcess(
+            try Peers.tapExecutable(),
+            ["proxy", "--listen", "unix:" + dir.file("tap.sock"), "--upstream", "unix:" + dir.file("none.sock"),
+             "--spans", dir.file("spans.jsonl"), "--log-format", format],
+            dir: dir, name: "tap")
+        try await tap.waitForFile(dir.file("tap.sock"))
+        tap.stop()
+        let lines = tap.stderr.split(separator: "\n").map(String.init)
+        let listening = try #require(lines.first { $0.contains("listening") }, "\(tap.stderr)")
+        let parsed = try? JSONSerialization.jsonObject(with: Data(listening.utf8)) as? [String: Any]
+        if format == "text" {
+            #expect(parsed == nil, "a text line, not JSON: \(listening)")
+            #expect(listening.contains("info"), "\(listening)")
+        } else {
+            let object = try #require(parsed, "a JSON line: \(listening)")
+            #expect(object["msg"] as? String == "listening", "\(object)")
+            #expect(object["level"] as? String == "info", "\(object)")
+            // Every line is JSON, not only the first.
+            for line in lines where !line.isEmpty {
+                #expect((try? JSONSerialization.jsonObject(with: Data(line.utf8))) != nil, "\(line)")
+            }
+        }
+    }
+}
