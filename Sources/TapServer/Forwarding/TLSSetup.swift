@@ -3,6 +3,10 @@ import NIOCore
 import NIOSSL
 import NIOTLS
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// TLS on either side of the tap. The tap terminates the client's TLS with its own certificate and opens its own
 /// TLS session to Gitaly; the bytes between the two (HTTP/2 or the backchannel magic and yamux) pass unchanged.
 public struct TLSSettings: Sendable {
@@ -71,7 +75,35 @@ final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
     /// report; closing the other side because of it makes no second line.
     final class Shared: @unchecked Sendable {
         var reported = false
+        /// Why Gitaly's certificate failed verification when its dates tell (expired, not yet valid); BoringSSL's
+        /// error only says the verification failed.
+        var certificateProblem: String?
         init() {}
+
+        /// For the upstream's TLS handler: notes a failing certificate's date problem, never changes the verdict.
+        var verificationCallback: NIOSSLVerificationCallback {
+            { [self] result, certificate in
+                if result == .failed, certificateProblem == nil {
+                    let now = time(nil)
+                    if certificate.notValidAfter < now {
+                        certificateProblem = "Gitaly's certificate expired on \(Self.date(certificate.notValidAfter)): renew it"
+                    } else if certificate.notValidBefore > now {
+                        certificateProblem =
+                            "Gitaly's certificate is not valid before \(Self.date(certificate.notValidBefore)): check its dates and this host's clock"
+                    }
+                }
+                return result
+            }
+        }
+
+        static func date(_ seconds: time_t) -> String {
+            var t = seconds
+            var parts = tm()
+            gmtime_r(&t, &parts)
+            func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+            return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) "
+                + "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) UTC"
+        }
     }
 
     private let side: String
@@ -99,7 +131,10 @@ final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
             } else {
                 logger.warning(
                     "TLS handshake with the \(side) failed; closing the connection",
-                    metadata: ["error": "\(error)", "hint": "\(Self.hint(error, side: side))"])
+                    metadata: [
+                        "error": "\(error)",
+                        "hint": "\(side == "upstream" ? shared.certificateProblem ?? Self.hint(error, side: side) : Self.hint(error, side: side))",
+                    ])
             }
         }
         context.fireErrorCaught(error)
@@ -118,7 +153,7 @@ final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
         }
         if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate") {
             return side == "upstream"
-                ? "Gitaly's certificate is not trusted, expired or for another name: check --upstream-ca and --upstream-server-name"
+                ? "Gitaly's certificate is not trusted (signed by a CA not in --upstream-ca) or for another name: check --upstream-ca and --upstream-server-name"
                 : "the client refused the tap's certificate: give clients the CA that signed --tls-cert"
         }
         return "see the error"

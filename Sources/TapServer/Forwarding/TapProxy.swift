@@ -155,7 +155,9 @@ public final class TapProxy: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     if let clientTLS {
                         try channel.pipeline.syncOperations.addHandler(
-                            NIOSSLClientHandler(context: clientTLS, serverHostname: upstreamTLSName))
+                            NIOSSLClientHandler(
+                                context: clientTLS, serverHostname: upstreamTLSName,
+                                verificationCallback: tlsLog.verificationCallback))
                         try channel.pipeline.syncOperations.addHandler(TLSFailureLogger(side: "upstream", logger: connectionLogger, shared: tlsLog))
                     }
                     try channel.pipeline.syncOperations.addHandler(handlers.value.1)
