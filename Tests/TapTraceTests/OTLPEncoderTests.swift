@@ -105,7 +105,8 @@ struct OTLPEncoderTests {
         ],
         events: [
             Span.Event(name: "first_message", timeUnixNano: 1_700_000_000_200_000_000, attributes: ["bytes": .int(42)])
-        ]
+        ],
+        traceState: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
     )
 
     static let process = Span(
@@ -153,6 +154,7 @@ struct OTLPEncoderTests {
             ])
         #expect(rpc.data(2) == [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
         #expect(rpc.data(4) == [0, 0, 0, 0, 0, 0, 0, 0x53])
+        #expect(rpc.string(3) == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7", "trace_state, the caller's verbatim")
         #expect(rpc.string(5) == "gitaly.CommitService/FindCommit")
         #expect(rpc.varint(6) == 2)
         #expect(rpc.fixed64(7) == 1_700_000_000_123_456_789)
@@ -184,6 +186,7 @@ struct OTLPEncoderTests {
 
         let root = spans[2]
         #expect(root.data(4) == nil, "a root span has no parent_span_id")
+        #expect(root.string(3) == nil, "no tracestate: no trace_state field")
         #expect(root.varint(6) == 3)
         #expect(root.data(1) == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
         #expect(try root.message(15).fields.isEmpty, "unset status: empty Status message")
@@ -245,6 +248,8 @@ struct OTLPEncoderTests {
         #expect(rpc["traceId"] as? String == "4bf92f3577b34da6a3ce929d0e0e4736")
         #expect(rpc["spanId"] as? String == "00f067aa0ba902b7")
         #expect(rpc["parentSpanId"] as? String == "0000000000000053")
+        #expect(rpc["traceState"] as? String == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        #expect(spans[2]["traceState"] == nil, "no tracestate: the field is left out")
         #expect(rpc["name"] as? String == "gitaly.CommitService/FindCommit")
         #expect(rpc["kind"] as? Int == 2)
         #expect(rpc["flags"] as? Int == 1)

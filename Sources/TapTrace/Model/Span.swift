@@ -171,6 +171,8 @@ public struct Span: Sendable, Equatable {
     public var events: [Event]
     /// Whether the caller asked for this trace to be sampled (kept from its context).
     public var sampled: Bool
+    /// The caller's W3C `tracestate`, passed on verbatim to OTLP (`trace_state`).
+    public var traceState: String?
 
     /// A span from its parts.
     public init(
@@ -184,7 +186,8 @@ public struct Span: Sendable, Equatable {
         status: Status = .ok,
         attributes: [String: AttributeValue] = [:],
         events: [Event] = [],
-        sampled: Bool = true
+        sampled: Bool = true,
+        traceState: String? = nil
     ) {
         self.traceID = traceID
         self.spanID = spanID
@@ -197,6 +200,7 @@ public struct Span: Sendable, Equatable {
         self.attributes = attributes
         self.events = events
         self.sampled = sampled
+        self.traceState = traceState
     }
 }
 

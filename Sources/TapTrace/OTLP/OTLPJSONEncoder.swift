@@ -28,6 +28,10 @@ public enum OTLPJSONEncoder {
         w.raw("\",\"spanId\":\"")
         w.hex(span.spanID.value)
         w.raw("\"")
+        if let traceState = span.traceState, !traceState.isEmpty {
+            w.raw(",\"traceState\":")
+            w.string(traceState)
+        }
         if let parent = span.parentSpanID, parent.isValid {
             w.raw(",\"parentSpanId\":\"")
             w.hex(parent.value)

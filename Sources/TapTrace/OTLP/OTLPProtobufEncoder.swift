@@ -37,6 +37,9 @@ public enum OTLPProtobufEncoder {
     private static func encodeSpan(_ span: Span, into w: inout ProtobufWriter) {
         w.bigEndianID(1, span.traceID.high, span.traceID.low)  // trace_id
         w.bigEndianID(2, span.spanID.value)  // span_id
+        if let traceState = span.traceState, !traceState.isEmpty {
+            w.string(3, traceState)  // trace_state
+        }
         if let parent = span.parentSpanID, parent.isValid {
             w.bigEndianID(4, parent.value)  // parent_span_id
         }

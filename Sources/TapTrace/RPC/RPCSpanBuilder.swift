@@ -64,10 +64,12 @@ public struct RPCSpanBuilder: Sendable {
         var traceID: TraceID
         var parent: SpanID? = nil
         var sampled = true
+        var traceState: String? = nil
         if let context = extraction.context {
             traceID = context.traceID
             parent = context.parentSpanID
             sampled = context.sampled
+            traceState = context.traceState
             attributes["tap.trace.propagation"] = .string(context.format.rawValue)
         } else {
             traceID = TraceID.random(using: &generator)
@@ -87,7 +89,8 @@ public struct RPCSpanBuilder: Sendable {
             status: Self.status(record),
             attributes: attributes,
             events: events,
-            sampled: sampled)
+            sampled: sampled,
+            traceState: traceState)
     }
 
     /// A span for a connection the tap could not decode into calls (opaque bytes, an undecoded backchannel,
