@@ -543,6 +543,82 @@ extension RecordReplayTests {
     }
 }
 
+extension RecordReplayTests {
+    /// Nanoseconds from the first call's start to each call's start.
+    static func offsets(_ calls: [RecordedCall]) -> [Int64] {
+        let origin = calls.first?.startTime ?? 0
+        return calls.map { Int64($0.startTime) - Int64(origin) }
+    }
+
+    @Test(
+        "replay --rate 0.5 and --rate 2 send the calls in recorded order, each no earlier than its recorded offset divided by the rate"
+    )
+    func replayRatePacesCalls() async throws {
+        try Peers.requirePython()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let hgitaly = try await Self.startHGitaly(dir)
+        defer { hgitaly.stop() }
+        let recording = dir.file("paced.gtap")
+        let tap = try await Self.startTap(dir, record: recording)
+        // One client process per call, with a pause between: the recorded calls are several hundred ms apart, so
+        // no two paced sends race for the connection and pacing at 0.5 is far from pacing at 1.
+        let names = ["RepositoryExists", "FindDefaultBranchName", "CountCommits", "FindAllBranches"]
+        for name in names {
+            let run = try await Self.client("unix:" + dir.file("tap.sock"), ["--calls", name])
+            #expect(run.status == 0, "\(name): \(run.stdout)\n\(run.stderr)")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        tap.stop()
+        let recorded = try RecordedSession.load(path: recording)
+        #expect(recorded.calls.map { String($0.path.split(separator: "/").last ?? "") } == names)
+        let recordedOffsets = Self.offsets(recorded.calls)
+
+        // A second recording tap in front of HGitaly notes when each replayed call reaches it.
+        let observed = dir.file("observed.gtap")
+        let observer = try PeerProcess(
+            try Peers.tapExecutable(),
+            [
+                "proxy", "--listen", "unix:" + dir.file("observer.sock"), "--upstream", "unix:" + dir.file("hg.sock"),
+                "--record", observed, "--log-format", "json",
+            ],
+            dir: dir, name: "observer")
+        defer { observer.stop() }
+        try await observer.waitForFile(dir.file("observer.sock"))
+        let rates = [0.5, 2.0]
+        for rate in rates {
+            let replay = try await Self.tap([
+                "replay", recording, "--target", "unix:" + dir.file("observer.sock"), "--rate", "\(rate)",
+            ])
+            #expect(replay.status == 0, "\(replay.stdout)\n\(replay.stderr)")
+            #expect(replay.stdout.contains("(recorded pace ×\(rate), concurrency 16)"), "\(replay.stdout)")
+            #expect(replay.stdout.contains("result: all \(names.count) calls matched"), "\(replay.stdout)")
+        }
+        observer.stop()
+
+        // Each replay is one connection: the first at rate 0.5, the second at rate 2.
+        let session = try RecordedSession.load(path: observed)
+        var connections: [UInt64] = []
+        for call in session.calls where !connections.contains(call.connection) { connections.append(call.connection) }
+        #expect(connections.count == rates.count)
+        // The first replayed call needs a moment to reach the observer after the replay's clock started; the later
+        // ones are measured from it, so they may show up to that moment early.
+        let firstCallDelay = 50_000_000.0
+        for (rate, connection) in zip(rates, connections) {
+            let replayed = session.calls.filter { $0.connection == connection }
+            #expect(replayed.map(\.path) == recorded.calls.map(\.path), "rate \(rate): not in recorded order")
+            let offsets = Self.offsets(replayed)
+            #expect(offsets == offsets.sorted(), "rate \(rate): \(offsets)")
+            for (i, (was, now)) in zip(recordedOffsets, offsets).enumerated() {
+                #expect(
+                    Double(now) >= Double(was) / rate - firstCallDelay,
+                    "rate \(rate), call \(i): sent \(now / 1_000_000) ms after the first, recorded \(was / 1_000_000) ms"
+                )
+            }
+        }
+    }
+}
+
 @Suite struct GitalyTokenTests {
     private func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
 
