@@ -258,7 +258,7 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
         #expect(session.tails.allSatisfy { $0.tail == .complete })
     }
 
-    @Test("when the last allowed file is full, recording stops with a notice")
+    @Test("when the last allowed file is full, recording stops with a notice and closes that file in order")
     func fileLimit() throws {
         let dir = try Dir()
         let path = dir.file("rec")
@@ -276,6 +276,12 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
         #expect(w.files.count == 2)
         let session = try RecordedSession.load(path: path)
         #expect(session.notices.contains { $0.kind == .recordingStopped && $0.text.contains("2 files") })
+        #expect(session.tails.map(\.tail) == [.complete, .complete], "the last file has its end marker")
+        #expect(session.endedInOrder)
+        for file in w.files {
+            let size = try FileManager.default.attributesOfItem(atPath: file)[.size] as! Int
+            #expect(size <= 3_000)
+        }
     }
 
     @Test("records of an unknown type are skipped; another major version or a foreign file is refused clearly")

@@ -116,14 +116,9 @@ public final class RecordingWriter {
     private func rotate() throws(RecordingWriteError) {
         let next = files.count
         guard next < limits.maxFiles else {
-            appendRaw(
-                .notice(
-                    time: clock(), kind: .recordingStopped,
-                    text: "recording stopped: \(limits.maxFiles) files of at most \(limits.maxFileBytes) bytes are full"
-                ))
-            try flush()
-            closeFile()
-            isStopped = true
+            // A deliberate stop: the last file is closed in order, with the end marker its reserve was kept for.
+            try finish(
+                notice: "recording stopped: \(limits.maxFiles) files of at most \(limits.maxFileBytes) bytes are full")
             return
         }
         let nextPath = Self.segmentPath(path, index: next)
