@@ -619,6 +619,78 @@ extension RecordReplayTests {
     }
 }
 
+extension RecordReplayTests {
+    @Test(
+        "proxy --record with small files continues in FILE.1, stops with one log line when both are full, never makes FILE.2; inspect reads the chain and answers are unchanged"
+    )
+    func rotationAndFileLimitThroughTheTap() async throws {
+        try Peers.requirePython()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let hgitaly = try await Self.startHGitaly(dir)
+        defer { hgitaly.stop() }
+        let recording = dir.file("rotated.gtap")
+        let maxFileBytes = 64 * 1024
+        let tap = try await Self.startTap(
+            dir, record: recording,
+            extra: ["--record-max-file-bytes", "\(maxFileBytes)", "--record-max-files", "2"])
+        // GetArchive streams 16 MiB in 128 KiB messages: the two files fill up inside it.
+        let args = ["--calls", "RepositoryExists,GetArchive,CountCommits,FindAllBranches"]
+        let tapped = try await Self.client("unix:" + dir.file("tap.sock"), args)
+        let direct = try await Self.client("unix:" + dir.file("hg.sock"), args)
+        let again = try await Self.client("unix:" + dir.file("tap.sock"), args)
+        tap.stop()
+        #expect(tapped.status == 0, "\(tapped.stderr)")
+        #expect(tapped.stdout == direct.stdout, "answers differ through the tap whose recording filled up")
+        #expect(again.stdout == direct.stdout, "the tap still forwards after the recording stopped")
+
+        let second = recording + ".1"
+        #expect(FileManager.default.fileExists(atPath: recording))
+        #expect(FileManager.default.fileExists(atPath: second))
+        #expect(!FileManager.default.fileExists(atPath: recording + ".2"), "a third file was started")
+        for file in [recording, second] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: file)
+            #expect(attributes[.posixPermissions] as? Int == 0o600, "\(file)")
+            #expect((attributes[.size] as? Int ?? .max) <= maxFileBytes, "\(file) passed the file cap")
+        }
+        let stopped = tap.stderr.split(separator: "\n").filter { $0.contains("recording stopped") }
+        #expect(stopped.count == 1, "\(tap.stderr)")
+        #expect(stopped.first?.contains("file limit reached") == true, "\(tap.stderr)")
+
+        let session = try RecordedSession.load(path: recording)
+        #expect(session.segments.map(\.index) == [0, 1])
+        #expect(Set(session.segments.map(\.sessionID)).count == 1, "both files belong to one recording")
+        #expect(session.tails.map(\.file) == [recording, second])
+        #expect(session.tails.allSatisfy { $0.tail == .complete }, "\(session.tails)")
+        #expect(session.endedInOrder)
+        #expect(
+            session.notices.contains {
+                $0.kind == .recordingStopped
+                    && $0.text == "recording stopped: 2 files of at most \(maxFileBytes) bytes are full"
+            })
+        // Nothing after the stop is recorded: the archive is cut short and the calls after it are missing.
+        #expect(
+            session.calls.map(\.path) == [
+                "/gitaly.RepositoryService/RepositoryExists", "/gitaly.RepositoryService/GetArchive",
+            ])
+        #expect(session.calls.first?.statusName == "OK")
+        let archive = try #require(session.calls.last)
+        #expect(archive.end == nil)
+        // Its 128 KiB messages cannot fit a 64 KiB file: each keeps its length and what a file can hold.
+        #expect(!archive.responses.isEmpty)
+        #expect(archive.responses.allSatisfy { $0.truncated && $0.length > maxFileBytes }, "\(archive.responses)")
+
+        let summary = try await Self.tap(["inspect", recording])
+        #expect(summary.status == 0, "\(summary.stderr)")
+        #expect(summary.stdout.contains("recording \(recording): 2 file(s)"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("  \(recording): complete\n"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("  \(second): complete\n"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("calls: 2,"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("recording stopped: 2 files"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("[payload cut at the cap]"), "\(summary.stdout)")
+    }
+}
+
 @Suite struct GitalyTokenTests {
     private func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
 
