@@ -620,6 +620,46 @@ extension RecordReplayTests {
 }
 
 extension RecordReplayTests {
+    @Test("replay --rate max with 16 calls in flight still opens the calls in recorded order")
+    func replayAsFastAsPossibleKeepsOrder() async throws {
+        try Peers.requirePython()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let hgitaly = try await Self.startHGitaly(dir)
+        defer { hgitaly.stop() }
+        let recording = dir.file("burst.gtap")
+        let tap = try await Self.startTap(dir, record: recording)
+        let calls = "RepositoryExists,FindDefaultBranchName,CountCommits,FindAllBranches,FindCommits,ListFiles"
+        let run = try await Self.client("unix:" + dir.file("tap.sock"), ["--calls", calls, "--count", "4"])
+        #expect(run.status == 0, "\(run.stdout)\n\(run.stderr)")
+        tap.stop()
+        let recorded = try RecordedSession.load(path: recording)
+        #expect(recorded.calls.count == 24)
+
+        let observed = dir.file("observed.gtap")
+        let observer = try PeerProcess(
+            try Peers.tapExecutable(),
+            [
+                "proxy", "--listen", "unix:" + dir.file("observer.sock"), "--upstream", "unix:" + dir.file("hg.sock"),
+                "--record", observed, "--log-format", "json",
+            ],
+            dir: dir, name: "observer")
+        defer { observer.stop() }
+        try await observer.waitForFile(dir.file("observer.sock"))
+        let replay = try await Self.tap([
+            "replay", recording, "--target", "unix:" + dir.file("observer.sock"), "--rate", "max", "--concurrency",
+            "16",
+        ])
+        observer.stop()
+        #expect(replay.status == 0, "\(replay.stdout)\n\(replay.stderr)")
+        #expect(replay.stdout.contains("(as fast as possible, concurrency 16)"), "\(replay.stdout)")
+        let replayed = try RecordedSession.load(path: observed).calls
+        // The observer records calls in the order their HEADERS reached it.
+        #expect(replayed.map(\.path) == recorded.calls.map(\.path))
+    }
+}
+
+extension RecordReplayTests {
     @Test(
         "proxy --record with small files continues in FILE.1, stops with one log line when both are full, never makes FILE.2; inspect reads the chain and answers are unchanged"
     )
