@@ -258,7 +258,7 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
         #expect(session.tails.allSatisfy { $0.tail == .complete })
     }
 
-    @Test("when the last allowed file is full, recording stops with a notice")
+    @Test("when the last allowed file is full, recording stops with a notice and closes that file in order")
     func fileLimit() throws {
         let dir = try Dir()
         let path = dir.file("rec")
@@ -276,6 +276,52 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
         #expect(w.files.count == 2)
         let session = try RecordedSession.load(path: path)
         #expect(session.notices.contains { $0.kind == .recordingStopped && $0.text.contains("2 files") })
+        #expect(session.tails.map(\.tail) == [.complete, .complete], "the last file has its end marker")
+        #expect(session.endedInOrder)
+        for file in w.files {
+            let size = try FileManager.default.attributesOfItem(atPath: file)[.size] as! Int
+            #expect(size <= 3_000)
+        }
+    }
+
+    @Test(
+        "a message or sidechannel piece larger than a whole file is stored cut or split over records: no file passes its cap"
+    )
+    func recordLargerThanAFile() throws {
+        let dir = try Dir()
+        let path = dir.file("rec")
+        var limits = RecordingLimits()
+        limits.maxFileBytes = 64 * 1024
+        let big = (0..<(150 * 1024)).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        let events = [
+            event(.callStarted(path: "/a.B/C", headers: [])),
+            event(message(.serverToClient, big)),
+            event(.callEnded(.trailers)),
+            event(.sidechannelOpened(id: 5), stream: 0, yamux: 4),
+            event(.sidechannelData(.serverToClient, ByteBuffer(bytes: big)), stream: 0, yamux: 4),
+            event(.sidechannelEnded(.closed), stream: 0, yamux: 4),
+        ]
+        let w = try record(events, to: path, limits: limits)
+        try w.finish()
+        #expect(w.files.count > 3, "the sidechannel's bytes go on in the next files")
+        for file in w.files {
+            let size = try FileManager.default.attributesOfItem(atPath: file)[.size] as! Int
+            #expect(size <= 64 * 1024, "\(file)")
+        }
+        let session = try RecordedSession.load(path: path)
+        #expect(session.endedInOrder)
+        let answer = try #require(session.calls.first?.responses.first)
+        #expect(answer.length == big.count, "the record keeps the message's real length")
+        #expect(answer.truncated)
+        #expect(answer.bytes == Array(big.prefix(answer.storedLength)))
+        #expect(answer.storedLength > 60 * 1024, "it keeps what a file can hold")
+        var stored: [UInt8] = []
+        _ = try RecordingReader.forEachRecord(path: path) { record in
+            if case .sidechannelData(_, _, _, let payload) = record { stored += payload.readableBytesView }
+        }
+        #expect(stored == big, "sidechannel bytes are split, none lost")
+        let sidechannel = try #require(session.sidechannels.first)
+        #expect(sidechannel.bytesToClient == UInt64(big.count) && !sidechannel.cut)
     }
 
     @Test("records of an unknown type are skipped; another major version or a foreign file is refused clearly")

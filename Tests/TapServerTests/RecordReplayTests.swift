@@ -543,6 +543,195 @@ extension RecordReplayTests {
     }
 }
 
+extension RecordReplayTests {
+    /// Nanoseconds from the first call's start to each call's start.
+    static func offsets(_ calls: [RecordedCall]) -> [Int64] {
+        let origin = calls.first?.startTime ?? 0
+        return calls.map { Int64($0.startTime) - Int64(origin) }
+    }
+
+    @Test(
+        "replay --rate 0.5 and --rate 2 send the calls in recorded order, each no earlier than its recorded offset divided by the rate"
+    )
+    func replayRatePacesCalls() async throws {
+        try Peers.requirePython()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let hgitaly = try await Self.startHGitaly(dir)
+        defer { hgitaly.stop() }
+        let recording = dir.file("paced.gtap")
+        let tap = try await Self.startTap(dir, record: recording)
+        // One client process per call, with a pause between: the recorded calls are several hundred ms apart, so
+        // no two paced sends race for the connection and pacing at 0.5 is far from pacing at 1.
+        let names = ["RepositoryExists", "FindDefaultBranchName", "CountCommits", "FindAllBranches"]
+        for name in names {
+            let run = try await Self.client("unix:" + dir.file("tap.sock"), ["--calls", name])
+            #expect(run.status == 0, "\(name): \(run.stdout)\n\(run.stderr)")
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        tap.stop()
+        let recorded = try RecordedSession.load(path: recording)
+        #expect(recorded.calls.map { String($0.path.split(separator: "/").last ?? "") } == names)
+        let recordedOffsets = Self.offsets(recorded.calls)
+
+        // A second recording tap in front of HGitaly notes when each replayed call reaches it.
+        let observed = dir.file("observed.gtap")
+        let observer = try PeerProcess(
+            try Peers.tapExecutable(),
+            [
+                "proxy", "--listen", "unix:" + dir.file("observer.sock"), "--upstream", "unix:" + dir.file("hg.sock"),
+                "--record", observed, "--log-format", "json",
+            ],
+            dir: dir, name: "observer")
+        defer { observer.stop() }
+        try await observer.waitForFile(dir.file("observer.sock"))
+        let rates = [0.5, 2.0]
+        for rate in rates {
+            let replay = try await Self.tap([
+                "replay", recording, "--target", "unix:" + dir.file("observer.sock"), "--rate", "\(rate)",
+            ])
+            #expect(replay.status == 0, "\(replay.stdout)\n\(replay.stderr)")
+            #expect(replay.stdout.contains("(recorded pace ×\(rate), concurrency 16)"), "\(replay.stdout)")
+            #expect(replay.stdout.contains("result: all \(names.count) calls matched"), "\(replay.stdout)")
+        }
+        observer.stop()
+
+        // Each replay is one connection: the first at rate 0.5, the second at rate 2.
+        let session = try RecordedSession.load(path: observed)
+        var connections: [UInt64] = []
+        for call in session.calls where !connections.contains(call.connection) { connections.append(call.connection) }
+        #expect(connections.count == rates.count)
+        // The first replayed call needs a moment to reach the observer after the replay's clock started; the later
+        // ones are measured from it, so they may show up to that moment early. Generous for a busy machine, and far
+        // below the recorded gaps (each over half a second), so a replay ignoring the rate still fails.
+        let firstCallDelay = 150_000_000.0
+        for (rate, connection) in zip(rates, connections) {
+            let replayed = session.calls.filter { $0.connection == connection }
+            #expect(replayed.map(\.path) == recorded.calls.map(\.path), "rate \(rate): not in recorded order")
+            let offsets = Self.offsets(replayed)
+            #expect(offsets == offsets.sorted(), "rate \(rate): \(offsets)")
+            for (i, (was, now)) in zip(recordedOffsets, offsets).enumerated() {
+                #expect(
+                    Double(now) >= Double(was) / rate - firstCallDelay,
+                    "rate \(rate), call \(i): sent \(now / 1_000_000) ms after the first, recorded \(was / 1_000_000) ms"
+                )
+            }
+        }
+    }
+}
+
+extension RecordReplayTests {
+    @Test("replay --rate max with 16 calls in flight still opens the calls in recorded order")
+    func replayAsFastAsPossibleKeepsOrder() async throws {
+        try Peers.requirePython()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let hgitaly = try await Self.startHGitaly(dir)
+        defer { hgitaly.stop() }
+        let recording = dir.file("burst.gtap")
+        let tap = try await Self.startTap(dir, record: recording)
+        let calls = "RepositoryExists,FindDefaultBranchName,CountCommits,FindAllBranches,FindCommits,ListFiles"
+        let run = try await Self.client("unix:" + dir.file("tap.sock"), ["--calls", calls, "--count", "4"])
+        #expect(run.status == 0, "\(run.stdout)\n\(run.stderr)")
+        tap.stop()
+        let recorded = try RecordedSession.load(path: recording)
+        #expect(recorded.calls.count == 24)
+
+        let observed = dir.file("observed.gtap")
+        let observer = try PeerProcess(
+            try Peers.tapExecutable(),
+            [
+                "proxy", "--listen", "unix:" + dir.file("observer.sock"), "--upstream", "unix:" + dir.file("hg.sock"),
+                "--record", observed, "--log-format", "json",
+            ],
+            dir: dir, name: "observer")
+        defer { observer.stop() }
+        try await observer.waitForFile(dir.file("observer.sock"))
+        let replay = try await Self.tap([
+            "replay", recording, "--target", "unix:" + dir.file("observer.sock"), "--rate", "max", "--concurrency",
+            "16",
+        ])
+        observer.stop()
+        #expect(replay.status == 0, "\(replay.stdout)\n\(replay.stderr)")
+        #expect(replay.stdout.contains("(as fast as possible, concurrency 16)"), "\(replay.stdout)")
+        let replayed = try RecordedSession.load(path: observed).calls
+        // The observer records calls in the order their HEADERS reached it.
+        #expect(replayed.map(\.path) == recorded.calls.map(\.path))
+    }
+}
+
+extension RecordReplayTests {
+    @Test(
+        "proxy --record with small files continues in FILE.1, stops with one log line when both are full, never makes FILE.2; inspect reads the chain and answers are unchanged"
+    )
+    func rotationAndFileLimitThroughTheTap() async throws {
+        try Peers.requirePython()
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let hgitaly = try await Self.startHGitaly(dir)
+        defer { hgitaly.stop() }
+        let recording = dir.file("rotated.gtap")
+        let maxFileBytes = 64 * 1024
+        let tap = try await Self.startTap(
+            dir, record: recording,
+            extra: ["--record-max-file-bytes", "\(maxFileBytes)", "--record-max-files", "2"])
+        // GetArchive streams 16 MiB in 128 KiB messages: the two files fill up inside it.
+        let args = ["--calls", "RepositoryExists,GetArchive,CountCommits,FindAllBranches"]
+        let tapped = try await Self.client("unix:" + dir.file("tap.sock"), args)
+        let direct = try await Self.client("unix:" + dir.file("hg.sock"), args)
+        let again = try await Self.client("unix:" + dir.file("tap.sock"), args)
+        tap.stop()
+        #expect(tapped.status == 0, "\(tapped.stderr)")
+        #expect(tapped.stdout == direct.stdout, "answers differ through the tap whose recording filled up")
+        #expect(again.stdout == direct.stdout, "the tap still forwards after the recording stopped")
+
+        let second = recording + ".1"
+        #expect(FileManager.default.fileExists(atPath: recording))
+        #expect(FileManager.default.fileExists(atPath: second))
+        #expect(!FileManager.default.fileExists(atPath: recording + ".2"), "a third file was started")
+        for file in [recording, second] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: file)
+            #expect(attributes[.posixPermissions] as? Int == 0o600, "\(file)")
+            #expect((attributes[.size] as? Int ?? .max) <= maxFileBytes, "\(file) passed the file cap")
+        }
+        let stopped = tap.stderr.split(separator: "\n").filter { $0.contains("recording stopped") }
+        #expect(stopped.count == 1, "\(tap.stderr)")
+        #expect(stopped.first?.contains("file limit reached") == true, "\(tap.stderr)")
+
+        let session = try RecordedSession.load(path: recording)
+        #expect(session.segments.map(\.index) == [0, 1])
+        #expect(Set(session.segments.map(\.sessionID)).count == 1, "both files belong to one recording")
+        #expect(session.tails.map(\.file) == [recording, second])
+        #expect(session.tails.allSatisfy { $0.tail == .complete }, "\(session.tails)")
+        #expect(session.endedInOrder)
+        #expect(
+            session.notices.contains {
+                $0.kind == .recordingStopped
+                    && $0.text == "recording stopped: 2 files of at most \(maxFileBytes) bytes are full"
+            })
+        // Nothing after the stop is recorded: the archive is cut short and the calls after it are missing.
+        #expect(
+            session.calls.map(\.path) == [
+                "/gitaly.RepositoryService/RepositoryExists", "/gitaly.RepositoryService/GetArchive",
+            ])
+        #expect(session.calls.first?.statusName == "OK")
+        let archive = try #require(session.calls.last)
+        #expect(archive.end == nil)
+        // Its 128 KiB messages cannot fit a 64 KiB file: each keeps its length and what a file can hold.
+        #expect(!archive.responses.isEmpty)
+        #expect(archive.responses.allSatisfy { $0.truncated && $0.length > maxFileBytes }, "\(archive.responses)")
+
+        let summary = try await Self.tap(["inspect", recording])
+        #expect(summary.status == 0, "\(summary.stderr)")
+        #expect(summary.stdout.contains("recording \(recording): 2 file(s)"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("  \(recording): complete\n"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("  \(second): complete\n"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("calls: 2,"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("recording stopped: 2 files"), "\(summary.stdout)")
+        #expect(summary.stdout.contains("[payload cut at the cap]"), "\(summary.stdout)")
+    }
+}
+
 @Suite struct GitalyTokenTests {
     private func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
 

@@ -189,6 +189,7 @@ struct BackchannelDecoderTests {
             ("stream opened twice", Yamux.open(stream: 1) + Yamux.open(stream: 1), "opened twice"),
             ("data on stream 0", Yamux.frame(type: 0, stream: 0, length: 1) + [0], "stream 0"),
             ("ping on a stream", Yamux.frame(type: 2, stream: 3, length: 1), "ping"),
+            ("go-away on a stream", Yamux.frame(type: 3, stream: 1, length: 0), "go-away on stream 1"),
             ("data after FIN", Yamux.open(stream: 1) + Yamux.fin(stream: 1) + Yamux.data(stream: 1, [1]), "after its sender's FIN"),
         ])
     func malformedFrames(name: String, frames: [UInt8], reason: String) {
@@ -224,6 +225,36 @@ struct BackchannelDecoderTests {
             }
             let outcome = decodeConnection(chunks, close: 99_999)
             #expect(outcome.records.count <= 1)
+        }
+    }
+
+    @Test(
+        "a go-away from Gitaly (normal, protocol or internal error) leaves the open streams decoding: the call and its sidechannel end as they would without it",
+        arguments: [UInt32(0), 1, 2])
+    func goAwayKeepsOpenStreams(code: UInt32) throws {
+        let plain = BackchannelScript.clone(packBytes: 1500)
+        let reference = try #require(decodeConnection(plain.chunks, close: 99_999).records.first)
+        // Gitaly says go away once the call's request is in, in the same write as the sidechannel it opens next
+        // (the sender of a go-away may still open streams; only its peer may not). The frame's length field is
+        // the code: nothing of the frames after it is payload.
+        var script = plain
+        let opensSidechannel = Yamux.open(stream: 4)
+        let at = try #require(
+            script.chunks.firstIndex { $0.direction == .serverToClient && $0.bytes.starts(with: opensSidechannel) })
+        script.chunks[at].bytes = Yamux.goAway(code) + script.chunks[at].bytes
+        let total = script.chunks.reduce(0) { $0 + $1.bytes.count }
+        for cuts in [[]] + (1..<total).map({ [$0] }) {
+            let outcome = decodeConnection(pieces(of: script.chunks, cutAt: cuts), close: 99_999)
+            #expect(outcome.decoder.stoppedReason == nil, "cut at \(cuts): \(outcome.decoder.stoppedReason ?? "")")
+            #expect(outcome.records.count == 1, "cut at \(cuts)")
+            guard let record = outcome.records.first else { continue }
+            #expect(record.path == reference.path, "cut at \(cuts)")
+            #expect(record.end == .trailers && record.grpcStatus == 0, "cut at \(cuts)")
+            #expect(record.responseBytes == reference.responseBytes, "cut at \(cuts)")
+            #expect(record.sidechannel == reference.sidechannel, "cut at \(cuts)")
+            #expect(outcome.decoder.sidechannels == 1, "cut at \(cuts)")
+            let s2c = script.chunks.filter { $0.direction == .serverToClient }.reduce(0) { $0 + $1.bytes.count }
+            #expect(outcome.decoder.bytesToClient == s2c, "cut at \(cuts): the go-away is counted like any byte")
         }
     }
 

@@ -25,6 +25,8 @@ public final class RecordingWriter {
     private var fd: Int32 = -1
     private var buffer = ByteBuffer()
     private var bytesInFile: UInt64 = 0
+    /// The largest record (by `encodedSizeEstimate`) that fits in a file next to its opening and closing records.
+    private var recordRoom = Int.max
     /// Paths of the files written so far.
     public private(set) var files: [String] = []
     /// True after the file limit was reached or a write failed.
@@ -78,6 +80,7 @@ public final class RecordingWriter {
         buffer.writeBytes(RecordFormat.fileHeader)
         bytesInFile = UInt64(RecordFormat.fileHeaderSize)
         appendRaw(.segment(info))
+        recordRoom = Int(clamping: limits.maxFileBytes) - Int(bytesInFile) - Int(Self.closingReserve)
     }
 
     private func appendRaw(_ record: SessionRecord) {
@@ -89,11 +92,45 @@ public final class RecordingWriter {
 
     /// Appends `record`, starting the next file first when this one would pass `maxFileBytes`.
     ///
+    /// A record too large for any file is made to fit one: a message keeps its first bytes (its record still
+    /// gives the real length, as for `maxMessageBytes`), sidechannel bytes are split over several records.
+    ///
     /// - Throws: `RecordingWriteError` when writing fails; the writer is stopped afterwards.
     public func append(_ record: SessionRecord) throws(RecordingWriteError) {
+        let size = record.encodedSizeEstimate
+        guard size > recordRoom else { return try appendWhole(record, size: size) }
+        for part in fitted(record, size: size) {
+            try appendWhole(part, size: part.encodedSizeEstimate)
+        }
+    }
+
+    /// What of `record` (of `size`, more than `recordRoom`) fits in a file of its own.
+    private func fitted(_ record: SessionRecord, size: Int) -> [SessionRecord] {
+        switch record {
+        case .message(let call, let time, let direction, let compressed, let length, let payload):
+            let keep = max(0, recordRoom - (size - payload.readableBytes))
+            return [
+                .message(
+                    call: call, time: time, direction: direction, compressed: compressed, length: length,
+                    payload: payload.getSlice(at: payload.readerIndex, length: keep)!)
+            ]
+        case .sidechannelData(let sidechannel, let time, let direction, let payload):
+            let step = max(1, recordRoom - (size - payload.readableBytes))
+            return stride(from: 0, to: payload.readableBytes, by: step).map { offset in
+                .sidechannelData(
+                    sidechannel: sidechannel, time: time, direction: direction,
+                    payload: payload.getSlice(
+                        at: payload.readerIndex + offset, length: min(step, payload.readableBytes - offset))!)
+            }
+        default:
+            return [record]
+        }
+    }
+
+    private func appendWhole(_ record: SessionRecord, size estimate: Int) throws(RecordingWriteError) {
         guard !isStopped else { return }
         // Room is kept for the records that close a file (next-file pointer, stop notice, end marker).
-        let size = UInt64(record.encodedSizeEstimate) + Self.closingReserve
+        let size = UInt64(estimate) + Self.closingReserve
         if bytesInFile + size > limits.maxFileBytes,
             bytesInFile > UInt64(RecordFormat.fileHeaderSize) + Self.closingReserve
         {
@@ -116,14 +153,9 @@ public final class RecordingWriter {
     private func rotate() throws(RecordingWriteError) {
         let next = files.count
         guard next < limits.maxFiles else {
-            appendRaw(
-                .notice(
-                    time: clock(), kind: .recordingStopped,
-                    text: "recording stopped: \(limits.maxFiles) files of at most \(limits.maxFileBytes) bytes are full"
-                ))
-            try flush()
-            closeFile()
-            isStopped = true
+            // A deliberate stop: the last file is closed in order, with the end marker its reserve was kept for.
+            try finish(
+                notice: "recording stopped: \(limits.maxFiles) files of at most \(limits.maxFileBytes) bytes are full")
             return
         }
         let nextPath = Self.segmentPath(path, index: next)

@@ -79,9 +79,17 @@ public enum SessionReplayer {
                     let offset = Double(call.startTime >= origin ? call.startTime - origin : 0) / rate
                     try await Task.sleep(until: start + .nanoseconds(Int64(offset)), clock: clock)
                 }
+                let written = channel.eventLoop.makePromise(of: Void.self)
                 tasks.addTask {
-                    (i, await send(call, multiplexer: multiplexer, loop: channel.eventLoop, options: options))
+                    (
+                        i,
+                        await send(
+                            call, multiplexer: multiplexer, loop: channel.eventLoop, options: options, written: written)
+                    )
                 }
+                // The next call's stream is opened only once this one's request is queued on the connection, so the
+                // calls reach the target in recorded order even when many are in flight.
+                try? await written.futureResult.get()
                 running += 1
             }
             for try await (j, answer) in tasks { outcomes[j].answer = answer }
@@ -176,9 +184,11 @@ public enum SessionReplayer {
             regular: regular)
     }
 
+    /// Sends `call` on a stream of its own and collects the answer; `written` completes once the request is queued
+    /// on the connection (or could not be).
     static func send(
         _ call: RecordedCall, multiplexer: NIOHTTP2Handler.StreamMultiplexer, loop: any EventLoop,
-        options: ReplayOptions
+        options: ReplayOptions, written: EventLoopPromise<Void>
     ) async
         -> ReplayAnswer
     {
@@ -194,6 +204,7 @@ public enum SessionReplayer {
             cancel = .init(messages: call.responses.count, after: .nanoseconds(Int64(duration)), code: Int(code))
         }
         let messages = call.requests.map { GRPCHTTP2Settings.framed($0.payload) }
+        var queued = false
         do {
             let promise = loop.makePromise(of: CollectedStream.self)
             let stream = try await multiplexer.createStreamChannel { channel in
@@ -212,6 +223,8 @@ public enum SessionReplayer {
                     promise: nil)
             }
             stream.flush()
+            written.succeed()
+            queued = true
             let collected = try await answer.get()
             timeout.cancel()
             var failure: String?
@@ -235,6 +248,7 @@ public enum SessionReplayer {
                 status: collected.status, statusMessage: collected.statusMessage,
                 messages: collected.messages.map { Array($0.readableBytesView) }, failure: failure, duration: elapsed())
         } catch {
+            if !queued { written.succeed() }
             return ReplayAnswer(status: nil, statusMessage: "", messages: [], failure: "\(error)", duration: elapsed())
         }
     }
