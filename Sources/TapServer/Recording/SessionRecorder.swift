@@ -184,6 +184,8 @@ public final class SessionRecorder: Sendable {
     private func write(_ items: [Item], to out: inout Output) {
         guard let writer = out.writer else { return }
         var count = 0
+        // Counted on every way out, the file-limit stop included; a record a stopped writer refused is not.
+        defer { written.add(count, ordering: .relaxed) }
         do {
             for item in items {
                 switch item {
@@ -195,7 +197,7 @@ public final class SessionRecorder: Sendable {
                     for event in events {
                         for record in out.encoder.records(for: event, connection: connection) {
                             try writer.append(record)
-                            count += 1
+                            if !writer.isStopped { count += 1 }
                         }
                     }
                 case .closed(let s):
@@ -228,7 +230,6 @@ public final class SessionRecorder: Sendable {
             writer.abandon()
             out.writer = nil
         }
-        written.add(count, ordering: .relaxed)
     }
 
     private func flushAll(_ out: inout Output) {
