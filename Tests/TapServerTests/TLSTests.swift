@@ -93,9 +93,11 @@ struct TLSTests {
         ("hostname mismatch", "wronghost", "ca.pem", false, "upstream", "is for another name"),
         ("expired certificate", "expired", "ca.pem", false, "upstream", "certificate expired on"),
         ("plaintext client on a TLS port", "server", "ca.pem", true, "client", "plaintext"),
+        // The client trusts another CA than the one that signed the tap's certificate.
+        ("client refuses the tap's certificate", "server", "ca.pem", false, "client", "does not trust the tap's certificate"),
     ]
 
-    @Test("a failed handshake is one clear log line and a closed connection; the tap keeps serving", arguments: 0..<4)
+    @Test("a failed handshake is one clear log line and a closed connection; the tap keeps serving", arguments: 0..<5)
     func handshakeFailures(index: Int) async throws {
         let failure = Self.failures[index]
         let dir = try TempDir()
@@ -107,7 +109,8 @@ struct TLSTests {
             listen: .tls(host: "127.0.0.1", port: 0), upstream: try TapAddress(parsing: upstream),
             tls: Self.tapTLS(upstreamCA: failure.tapTrusts), logger: logger
         ) { tap in
-            let clientArgs = failure.plaintextClient ? [] : ["--tls-ca", Self.cert("ca.pem"), "--tls-server-name", "localhost"]
+            let clientCA = failure.side == "client" && !failure.plaintextClient ? "other-ca.pem" : "ca.pem"
+            let clientArgs = failure.plaintextClient ? [] : ["--tls-ca", Self.cert(clientCA), "--tls-server-name", "localhost"]
             let target = failure.plaintextClient ? tap.address.replacing("tls://", with: "tcp://") : tap.address
             let result = try await Self.client(target, "unary", clientArgs)
             #expect(result.status != 0, "\(failure.name): the call must fail: \(result.stdout)")
@@ -117,7 +120,11 @@ struct TLSTests {
                 try await Task.sleep(for: .milliseconds(20))
             }
             // A client that exits closes its pending retry mid-handshake: that line is allowed, and says so.
-            let lines = log.lines.filter { $0.contains("TLS handshake") && !$0.contains("closed the connection during the TLS handshake") }
+            // (A client refusing the tap's certificate closes without an alert: there that line is the failure.)
+            let refusal = failure.name.contains("refuses")
+            let lines = log.lines.filter {
+                $0.contains("TLS handshake") && (refusal || !$0.contains("closed the connection during the TLS handshake"))
+            }
             // gRPC clients retry, so there may be several connections: each logs exactly one line, about the side
             // that failed, with the hint.
             let connections = log.all.filter { $0.message.contains("TLS handshake") }.map { $0.metadata["connection"] ?? "?" }

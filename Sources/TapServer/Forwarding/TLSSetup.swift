@@ -146,7 +146,11 @@ final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
             return "is the client speaking plaintext to a tls:// address?"
         }
         if text.contains("EOF during handshake") {
-            return "the \(side) closed the connection during the TLS handshake"
+            // gRPC clients that do not trust the certificate close without sending an alert: say so for clients.
+            return side == "client"
+                ? "the client closed the connection during the TLS handshake: a client that does not trust the tap's"
+                    + " certificate does this (give clients the CA that signed --tls-cert), as does one that gave up"
+                : "the upstream closed the connection during the TLS handshake"
         }
         if text.contains("failedToValidateHostname") {
             return "Gitaly's certificate is for another name: connect by that name or set --upstream-server-name"
