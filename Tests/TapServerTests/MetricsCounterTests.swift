@@ -257,3 +257,40 @@ struct MetricsCounterTests {
         await endpoint.close()
     }
 }
+
+/// `grpc_type` of Gitaly's methods comes from Gitaly's protos, not from the first call's message counts.
+@Suite("Metrics grpc_type")
+struct MetricsGRPCTypeTests {
+    static func span(service: String, method: String, requests: Int64, responses: Int64) -> Span {
+        Span(
+            traceID: TraceID(high: 1, low: 2), spanID: SpanID(3), name: "\(service)/\(method)", kind: .server,
+            startTimeUnixNano: 10, endTimeUnixNano: 20,
+            attributes: [
+                "rpc.system": .string("grpc"), "rpc.service": .string(service), "rpc.method": .string(method),
+                "rpc.grpc.status_code": .int(0), "rpc.grpc.request.messages": .int(requests),
+                "rpc.grpc.response.messages": .int(responses),
+            ])
+    }
+
+    @Test("a Gitaly server-streaming method answered with one message is server_stream; an unknown method is learned")
+    func typesFromProtos() {
+        let metrics = TapMetrics()
+        // GetBlob streams its answer; a small blob comes in one message.
+        metrics.write(Self.span(service: "gitaly.BlobService", method: "GetBlob", requests: 1, responses: 1))
+        // UserCommitFiles is client-streaming (a header message, then actions).
+        metrics.write(Self.span(service: "gitaly.OperationService", method: "UserCommitFiles", requests: 1, responses: 1))
+        metrics.write(Self.span(service: "gitaly.RepositoryService", method: "RepositoryExists", requests: 1, responses: 1))
+        metrics.write(Self.span(service: "other.Service", method: "Watch", requests: 1, responses: 1))
+        metrics.write(Self.span(service: "other.Service", method: "Feed", requests: 1, responses: 3))
+        let text = metrics.render()
+        #expect(text.contains("grpc_method=\"GetBlob\",grpc_service=\"gitaly.BlobService\",grpc_type=\"server_stream\""))
+        #expect(
+            text.contains(
+                "grpc_method=\"UserCommitFiles\",grpc_service=\"gitaly.OperationService\",grpc_type=\"client_stream\""))
+        #expect(
+            text.contains(
+                "grpc_method=\"RepositoryExists\",grpc_service=\"gitaly.RepositoryService\",grpc_type=\"unary\""))
+        #expect(text.contains("grpc_method=\"Watch\",grpc_service=\"other.Service\",grpc_type=\"unary\""))
+        #expect(text.contains("grpc_method=\"Feed\",grpc_service=\"other.Service\",grpc_type=\"server_stream\""))
+    }
+}

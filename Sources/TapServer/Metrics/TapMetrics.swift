@@ -90,7 +90,7 @@ public final class TapMetrics: SpanSink {
         let code = Self.codeName(span)
         let seconds = Double(span.endTimeUnixNano &- span.startTimeUnixNano) / 1e9
         state.withLock { s in
-            var streaming = s.streaming[key] ?? Self.knownStreaming[method] ?? Streaming()
+            var streaming = s.streaming[key] ?? Self.gitalyStreaming["\(service)/\(method)"] ?? Streaming()
             streaming.client = streaming.client || requests > 1
             streaming.server = streaming.server || responses > 1
             s.streaming[key] = streaming
@@ -163,21 +163,9 @@ public final class TapMetrics: SpanSink {
         return out
     }
 
-    /// Gitaly methods whose streaming shape is known up front (the rest is learned from message counts).
-    static let knownStreaming: [String: Streaming] = [
-        "InfoRefsUploadPack": Streaming(client: false, server: true),
-        "InfoRefsReceivePack": Streaming(client: false, server: true),
-        "PostUploadPackWithSidechannel": Streaming(client: false, server: false),
-        "SSHUploadPackWithSidechannel": Streaming(client: false, server: false),
-        "PostReceivePack": Streaming(client: true, server: true),
-        "SSHReceivePack": Streaming(client: true, server: true),
-        "SSHUploadArchive": Streaming(client: true, server: true),
-        "GetArchive": Streaming(client: false, server: true),
-    ]
-
-    /// go-grpc-prometheus's `grpc_type`. The wire does not say whether a method streams, so it is learned per
-    /// method: once a call had more than one request (response) message, the method counts as client (server)
-    /// streaming, and all its series carry that type.
+    /// go-grpc-prometheus's `grpc_type`. The wire does not say whether a method streams: Gitaly's methods come from
+    /// its protos (`gitalyStreaming`, generated); any other method's type is learned: once a call had more than one
+    /// request (response) message, the method counts as client (server) streaming, and all its series carry it.
     static func grpcType(clientStreaming: Bool, serverStreaming: Bool) -> String {
         switch (clientStreaming, serverStreaming) {
         case (false, false): "unary"
