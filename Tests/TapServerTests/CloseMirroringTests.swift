@@ -33,27 +33,12 @@ private final class RawTCPListener: @unchecked Sendable {  // a descriptor used 
     deinit { Glibc.close(fd) }
 
     /// Waits for the tap's upstream connection.
-    func accept() throws -> AcceptedSocket {
+    func accept() throws -> RawSocket {
         var tv = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let accepted = Glibc.accept(fd, nil, nil)
         guard accepted >= 0 else { throw PeerError("raw listener: accept failed, errno \(errno)") }
-        return AcceptedSocket(fd: accepted)
-    }
-}
-
-/// The accepted side of a raw connection.
-final class AcceptedSocket: @unchecked Sendable {
-    private(set) var fd: Int32
-    init(fd: Int32) { self.fd = fd }
-    deinit { if fd >= 0 { Glibc.close(fd) } }
-
-    /// Closes now, with an RST instead of a FIN (SO_LINGER with a zero timeout).
-    func resetClose() {
-        var option = linger(l_onoff: 1, l_linger: 0)
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
-        Glibc.close(fd)
-        fd = -1
+        return RawSocket(adopting: accepted)
     }
 }
 
@@ -66,15 +51,8 @@ private enum ReadEnd: Equatable {
 
 /// Reads and writes go through the socket object, never a bare descriptor: an object the optimizer may release
 /// after its last use would close its descriptor while the test still used the number.
-private protocol ByteSocket: AnyObject {
-    var fd: Int32 { get }
-}
-
-extension RawSocket: ByteSocket {}
-extension AcceptedSocket: ByteSocket {}
-
-extension ByteSocket {
-    func readOnce(timeout: Int = 10) -> ReadEnd {
+extension RawSocket {
+    fileprivate func readOnce(timeout: Int = 10) -> ReadEnd {
         var tv = timeval(tv_sec: timeout, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -83,13 +61,6 @@ extension ByteSocket {
         if n == 0 { return .eof }
         return .error(errno)
     }
-
-    func send(_ text: String) {
-        let bytes = Array(text.utf8)
-        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
-    }
-
-    func halfClose() { shutdown(fd, Int32(SHUT_WR)) }
 }
 
 /// Issue 2: half-close, close and reset on one side reach the other side as the same event.
@@ -126,8 +97,8 @@ struct CloseMirroringTests {
         }
         #expect(received == Array("request".utf8))
         // The other direction stays open after the client's half-close.
-        upstream.send("answer")
-        upstream.halfClose()
+        try upstream.write(Array("answer".utf8))
+        upstream.shutdownWrite()
         var answer: [UInt8] = []
         _ = try client.readToEnd(timeout: 10) { answer += $0 }
         #expect(answer == Array("answer".utf8))
@@ -141,8 +112,8 @@ struct CloseMirroringTests {
         let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
         let upstream = try listener.accept()
 
-        upstream.send("banner")
-        upstream.halfClose()
+        try upstream.write(Array("banner".utf8))
+        upstream.shutdownWrite()
         var banner: [UInt8] = []
         _ = try client.readToEnd(timeout: 10) { banner += $0 }
         #expect(banner == Array("banner".utf8))
@@ -171,10 +142,10 @@ struct CloseMirroringTests {
         let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
         let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
         let upstream = try listener.accept()
-        upstream.send("y")
+        try upstream.write(Array("y".utf8))
         #expect(client.readOnce() == .bytes(Array("y".utf8)))
 
-        upstream.resetClose()
+        upstream.close(reset: true)
         #expect(client.readOnce() == .error(ECONNRESET))
         await proxy.stop(drain: .seconds(1))
     }

@@ -273,9 +273,9 @@ public enum DemoRunner {
             process.standardInput = FileHandle.nullDevice
             try process.run()
             let errorText = ThreadBox()
-            let reader = Thread { errorText.set(Self.readAll(err.fileHandleForReading)) }
+            let reader = Thread { errorText.set(PipeReading.readAll(err.fileHandleForReading)) }
             reader.start()
-            let output = Self.readAll(out.fileHandleForReading)
+            let output = PipeReading.readAll(out.fileHandleForReading)
             process.waitUntilExit()
             return (process.terminationStatus, String(decoding: output, as: UTF8.self), errorText.wait())
         }
@@ -285,22 +285,6 @@ public enum DemoRunner {
                 "\(command) failed (exit \(result.0)): \(result.2.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
         return result.1
-    }
-
-    /// Reads a pipe to EOF, retrying reads a signal interrupted (`readDataToEndOfFile` traps on EINTR).
-    private static func readAll(_ handle: FileHandle) -> Data {
-        var data = Data()
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(handle.fileDescriptor, $0.baseAddress!, $0.count) }
-            if n > 0 {
-                data.append(contentsOf: buffer[0..<n])
-            } else if n < 0, errno == EINTR {
-                continue
-            } else {
-                return data
-            }
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import NIOPosix
 import Testing
+import TapServer
 
 /// Where the repository and its installed test peers live.
 enum Peers {
@@ -158,30 +159,14 @@ func runCommand(_ executable: String, _ arguments: [String], environment: [Strin
         }
         // Read both pipes concurrently so neither fills up.
         let errData = LockedData()
-        let errThread = Thread { errData.set(readAll(err.fileHandleForReading)) }
+        let errThread = Thread { errData.set(PipeReading.readAll(err.fileHandleForReading)) }
         errThread.start()
-        let outData = readAll(out.fileHandleForReading)
+        let outData = PipeReading.readAll(out.fileHandleForReading)
         process.waitUntilExit()
         while !errData.done { usleep(1000) }
         return CommandResult(
             status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
             stderr: String(decoding: errData.value, as: UTF8.self))
-    }
-}
-
-/// Reads a pipe to EOF, retrying reads a signal interrupted (Foundation's `readDataToEndOfFile` traps on EINTR).
-func readAll(_ handle: FileHandle) -> Data {
-    var data = Data()
-    var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-    while true {
-        let n = buffer.withUnsafeMutableBytes { read(handle.fileDescriptor, $0.baseAddress!, $0.count) }
-        if n > 0 {
-            data.append(contentsOf: buffer[0..<n])
-        } else if n < 0, errno == EINTR {
-            continue
-        } else {
-            return data
-        }
     }
 }
 

@@ -36,6 +36,9 @@ final class RawSocket: @unchecked Sendable {  // a file descriptor; tests use it
         }
     }
 
+    /// Takes over a connected descriptor (an accepted socket); it is closed with this object.
+    init(adopting fd: Int32) { self.fd = fd }
+
     deinit { if fd >= 0 { Foundation.close(fd) } }
 
     /// Closes the descriptor of a failed connect and marks it closed: a class whose `init` throws after its
