@@ -129,12 +129,11 @@ final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
                 // Many gRPC stacks close TCP without a TLS close_notify: an ordinary end, not a failure.
                 logger.debug("TLS session with the \(side) ended", metadata: ["error": "\(error)"])
             } else {
+                // A date problem the verification callback found says more than BoringSSL's error text.
+                let hint = (side == "upstream" ? shared.certificateProblem : nil) ?? Self.hint(error, side: side)
                 logger.warning(
                     "TLS handshake with the \(side) failed; closing the connection",
-                    metadata: [
-                        "error": "\(error)",
-                        "hint": "\(side == "upstream" ? shared.certificateProblem ?? Self.hint(error, side: side) : Self.hint(error, side: side))",
-                    ])
+                    metadata: ["error": "\(error)", "hint": "\(hint)"])
             }
         }
         context.fireErrorCaught(error)
