@@ -545,6 +545,24 @@ extension RecordReplayTests {
 
 extension RecordReplayTests {
     /// Nanoseconds from the first call's start to each call's start.
+    /// A second tap in front of HGitaly (`hg.sock`) that records when each replayed call reaches it.
+    static func startObserver(in dir: TempDir, recording: String) async throws -> PeerProcess {
+        let observer = try PeerProcess(
+            try Peers.tapExecutable(),
+            [
+                "proxy", "--listen", "unix:" + dir.file("observer.sock"), "--upstream", "unix:" + dir.file("hg.sock"),
+                "--record", recording, "--log-format", "json",
+            ],
+            dir: dir, name: "observer")
+        do {
+            try await observer.waitForFile(dir.file("observer.sock"))
+        } catch {
+            observer.stop()
+            throw error
+        }
+        return observer
+    }
+
     static func offsets(_ calls: [RecordedCall]) -> [Int64] {
         let origin = calls.first?.startTime ?? 0
         return calls.map { Int64($0.startTime) - Int64(origin) }
@@ -576,15 +594,8 @@ extension RecordReplayTests {
 
         // A second recording tap in front of HGitaly notes when each replayed call reaches it.
         let observed = dir.file("observed.gtap")
-        let observer = try PeerProcess(
-            try Peers.tapExecutable(),
-            [
-                "proxy", "--listen", "unix:" + dir.file("observer.sock"), "--upstream", "unix:" + dir.file("hg.sock"),
-                "--record", observed, "--log-format", "json",
-            ],
-            dir: dir, name: "observer")
+        let observer = try await Self.startObserver(in: dir, recording: observed)
         defer { observer.stop() }
-        try await observer.waitForFile(dir.file("observer.sock"))
         let rates = [0.5, 2.0]
         for rate in rates {
             let replay = try await Self.tap([
@@ -638,15 +649,8 @@ extension RecordReplayTests {
         #expect(recorded.calls.count == 24)
 
         let observed = dir.file("observed.gtap")
-        let observer = try PeerProcess(
-            try Peers.tapExecutable(),
-            [
-                "proxy", "--listen", "unix:" + dir.file("observer.sock"), "--upstream", "unix:" + dir.file("hg.sock"),
-                "--record", observed, "--log-format", "json",
-            ],
-            dir: dir, name: "observer")
+        let observer = try await Self.startObserver(in: dir, recording: observed)
         defer { observer.stop() }
-        try await observer.waitForFile(dir.file("observer.sock"))
         let replay = try await Self.tap([
             "replay", recording, "--target", "unix:" + dir.file("observer.sock"), "--rate", "max", "--concurrency",
             "16",

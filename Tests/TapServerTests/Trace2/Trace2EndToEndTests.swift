@@ -63,12 +63,7 @@ struct Trace2EndToEndTests {
             let traceSocket = dir.file("t2.sock")
             options.sockets = [Trace2SocketTarget(kind: .stream, path: traceSocket)]
             // Installed like an operator would: a copy of the wrapper with the socket path set in it.
-            let template = try String(
-                contentsOfFile: Peers.repo.appendingPathComponent("Config/git-trace2-wrapper.sh").path, encoding: .utf8)
-            let wrapper = dir.file("git")
-            try template.replacingOccurrences(of: "/var/opt/gitlab/gitaly-tap/trace2.sock", with: traceSocket)
-                .write(toFile: wrapper, atomically: true, encoding: .utf8)
-            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: wrapper)
+            let wrapper = try installTrace2Wrapper(in: dir, socket: traceSocket)
             upstreamArguments += ["--trace2", "off", "--git", wrapper]
         case .tempfile:
             options.directories = [gitalyTmp]

@@ -111,3 +111,15 @@ func makeStorage(in dir: TempDir, repositories: [String]) async throws -> String
     guard result.status == 0 else { throw PeerError("making repositories failed: \(result.stderr)") }
     return storage
 }
+
+/// A copy of `Config/git-trace2-wrapper.sh` in `dir` with the socket path set in it, installed the way an operator
+/// would (docs/trace2.md); returns the wrapper's path.
+func installTrace2Wrapper(in dir: TempDir, socket: String) throws -> String {
+    let template = try String(
+        contentsOfFile: Peers.repo.appendingPathComponent("Config/git-trace2-wrapper.sh").path, encoding: .utf8)
+    let wrapper = dir.file("git")
+    try template.replacingOccurrences(of: "/var/opt/gitlab/gitaly-tap/trace2.sock", with: socket)
+        .write(toFile: wrapper, atomically: true, encoding: .utf8)
+    try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: wrapper)
+    return wrapper
+}

@@ -5,17 +5,6 @@ import Testing
 /// collector that drops every connection at once, git commands still succeed with the same results.
 @Suite("Trace2 git wrapper without a working tap", .serialized)
 struct Trace2WrapperTests {
-    /// A copy of the wrapper, installed the way docs/trace2.md says, pointed at `socket`.
-    private static func install(in dir: TempDir, socket: String) throws -> String {
-        let text = try String(
-            contentsOfFile: Peers.repo.appendingPathComponent("Config/git-trace2-wrapper.sh").path, encoding: .utf8)
-        let wrapper = dir.file("git")
-        try text.replacingOccurrences(of: "/var/opt/gitlab/gitaly-tap/trace2.sock", with: socket)
-            .write(toFile: wrapper, atomically: true, encoding: .utf8)
-        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: wrapper)
-        return wrapper
-    }
-
     /// Makes a repository, commits, clones it and reads the clone's log, all through `git`; returns the log line.
     private static func gitRoundTrip(_ git: String, in dir: TempDir) async throws -> String {
         // No inherited target: the wrapper only sets GIT_TRACE2_EVENT when nobody else did.
@@ -39,7 +28,7 @@ struct Trace2WrapperTests {
     func tapDown() async throws {
         let dir = try TempDir()
         defer { dir.cleanup() }
-        let git = try Self.install(in: dir, socket: dir.file("absent.sock"))
+        let git = try installTrace2Wrapper(in: dir, socket: dir.file("absent.sock"))
         #expect(try await Self.gitRoundTrip(git, in: dir) == "wrapper round trip")
     }
 
@@ -54,7 +43,7 @@ struct Trace2WrapperTests {
             "/usr/bin/socat", ["UNIX-LISTEN:\(socket),fork", "SYSTEM:echo x >> \(counter)"], dir: dir, name: "dropper")
         defer { collector.stop() }
         try await collector.waitForFile(socket)
-        let git = try Self.install(in: dir, socket: socket)
+        let git = try installTrace2Wrapper(in: dir, socket: socket)
         #expect(try await Self.gitRoundTrip(git, in: dir) == "wrapper round trip")
         // Proof the wrapper pointed git at the socket: the collector saw git's connections (one per git process).
         // The collector's shells may still be writing their line when git returns: wait a little for them.
