@@ -66,35 +66,29 @@ extension RawSocket {
 /// Issue 2: half-close, close and reset on one side reach the other side as the same event.
 @Suite("Close mirroring", .serialized)
 struct CloseMirroringTests {
-    private static func startTap(upstreamPort: Int) async throws -> (TapProxy, Int) {
+    /// A tap between a raw client and a raw upstream over TCP, with the one connection through it open.
+    private static func connected() async throws -> (proxy: TapProxy, client: RawSocket, upstream: RawSocket) {
+        let listener = try RawTCPListener()
         var logger = Logger(label: "close-mirroring")
         logger.logLevel = .critical
         let proxy = TapProxy(
             configuration: ProxyConfiguration(
-                listen: .tcp(host: "127.0.0.1", port: 0), upstream: .tcp(host: "127.0.0.1", port: upstreamPort)),
+                listen: .tcp(host: "127.0.0.1", port: 0), upstream: .tcp(host: "127.0.0.1", port: listener.port)),
             pipeline: SpanPipeline(sinks: [], logger: logger), group: MultiThreadedEventLoopGroup.singleton,
             logger: logger)
-        let bound = try await proxy.start()
-        return (proxy, try #require(bound.port))
+        let port = try #require(try await proxy.start().port)
+        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
+        return (proxy, client, try listener.accept())
     }
 
     @Test("a client's half-close reaches the upstream as EOF, and the upstream can still answer")
     func halfCloseFromClient() async throws {
-        let listener = try RawTCPListener()
-        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
-        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
-        let upstream = try listener.accept()
+        let (proxy, client, upstream) = try await Self.connected()
 
         try client.write(Array("request".utf8))
         client.shutdownWrite()
         var received: [UInt8] = []
-        readLoop: while true {
-            switch upstream.readOnce() {
-            case .bytes(let bytes): received += bytes
-            case .eof: break readLoop
-            case .error(let code): Issue.record("upstream read failed: errno \(code)"); break readLoop
-            }
-        }
+        _ = try upstream.readToEnd(timeout: 10) { received += $0 }
         #expect(received == Array("request".utf8))
         // The other direction stays open after the client's half-close.
         try upstream.write(Array("answer".utf8))
@@ -107,10 +101,7 @@ struct CloseMirroringTests {
 
     @Test("an upstream's half-close reaches the client as EOF, and the client can still send")
     func halfCloseFromUpstream() async throws {
-        let listener = try RawTCPListener()
-        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
-        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
-        let upstream = try listener.accept()
+        let (proxy, client, upstream) = try await Self.connected()
 
         try upstream.write(Array("banner".utf8))
         upstream.shutdownWrite()
@@ -124,10 +115,7 @@ struct CloseMirroringTests {
 
     @Test("a client's reset reaches the upstream as a reset, not as an orderly close")
     func resetFromClient() async throws {
-        let listener = try RawTCPListener()
-        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
-        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
-        let upstream = try listener.accept()
+        let (proxy, client, upstream) = try await Self.connected()
         try client.write(Array("x".utf8))
         #expect(upstream.readOnce() == .bytes(Array("x".utf8)))
 
@@ -138,10 +126,7 @@ struct CloseMirroringTests {
 
     @Test("an upstream's reset reaches the client as a reset")
     func resetFromUpstream() async throws {
-        let listener = try RawTCPListener()
-        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
-        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
-        let upstream = try listener.accept()
+        let (proxy, client, upstream) = try await Self.connected()
         try upstream.write(Array("y".utf8))
         #expect(client.readOnce() == .bytes(Array("y".utf8)))
 
@@ -152,10 +137,7 @@ struct CloseMirroringTests {
 
     @Test("a full close on one side closes the other side")
     func closeFromClient() async throws {
-        let listener = try RawTCPListener()
-        let (proxy, port) = try await Self.startTap(upstreamPort: listener.port)
-        let client = try RawSocket(connectingTo: "tcp://127.0.0.1:\(port)")
-        let upstream = try listener.accept()
+        let (proxy, client, upstream) = try await Self.connected()
         try client.write(Array("bye".utf8))
         #expect(upstream.readOnce() == .bytes(Array("bye".utf8)))
         client.close()
