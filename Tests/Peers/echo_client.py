@@ -247,10 +247,11 @@ def sc_deadline(stub, md, args):
 
 def sc_slow_stream(stub, md, args):
     r = Result("slow_stream", "/taptest.Echo/ServerStream", "OK")
-    req = pb.EchoRequest(reply_count=15, reply_size=4 * KiB, interval_ms=200)
+    # 8 s: long enough that a test on a loaded machine sees the call open before it ends.
+    req = pb.EchoRequest(reply_count=40, reply_size=4 * KiB, interval_ms=200)
     call = stub.ServerStream(r.request(req), metadata=md)
     stream_call(r, call, lambda c: [r.reply(x) for x in c])
-    r.check(r.replies.count == 15, "15 replies over 3 s")
+    r.check(r.replies.count == 40, "40 replies over 8 s")
     return r
 
 

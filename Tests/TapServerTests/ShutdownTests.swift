@@ -21,7 +21,7 @@ struct ShutdownTests {
         return (echo, tap)
     }
 
-    /// Starts the 3-second stream and waits until its first reply has passed through the tap.
+    /// Starts the 8-second stream and waits until its connection is open through the tap.
     static func startSlowStream(_ dir: TempDir, correlationID: String) async throws -> Task<CommandResult, Error> {
         let finished = Mutex(false)
         let client = Task {
@@ -30,7 +30,7 @@ struct ShutdownTests {
                 "unix:" + dir.file("tap.sock"), "slow_stream", ["--correlation-id", correlationID, "--timing"])
         }
         // Wait until the client's HTTP/2 connection is open through the tap (the tap's metrics say so): the call
-        // follows on it at once, and the connection stays open until the 3 s stream has ended.
+        // follows on it at once, and the connection stays open until the 8 s stream has ended.
         do {
             try await waitForOpenHTTP2(dir) { finished.withLock { $0 } }
         } catch {
@@ -40,7 +40,7 @@ struct ShutdownTests {
         return client
     }
 
-    /// Waits until the tap's metrics show one open HTTP/2 connection.
+    /// Waits until the tap's metrics show an open HTTP/2 connection.
     static func waitForOpenHTTP2(_ dir: TempDir, stopIf gaveUp: () -> Bool = { false }) async throws {
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline, !gaveUp() {
@@ -50,9 +50,9 @@ struct ShutdownTests {
                 var bytes: [UInt8] = []
                 _ = try? socket.readToEnd(timeout: 5) { bytes += $0 }
                 let text = String(decoding: bytes, as: UTF8.self)
-                if text.split(separator: "\n").contains(where: { $0.hasPrefix("gitaly_tap_connections_open{kind=\"http2\"} 1") }) {
-                    return
-                }
+                let prefix = "gitaly_tap_connections_open{kind=\"http2\"} "
+                let open = text.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) }
+                if let open, open > 0 { return }
             }
             try await Task.sleep(for: .milliseconds(50))
         }
