@@ -224,7 +224,7 @@ struct OTLPExportTests {
         #expect(finished?.metadata["spans_dropped"] == "0")
     }
 
-    static func expectSameAttributes(_ span: [String: Any], _ attributes: [String: AttributeValue], _ what: String) {
+    static func expectSameAttributes(_ span: [String: Any], _ attributes: SpanAttributes, _ what: String) {
         let exported = span["attributes"] as? [String: [String: Any]] ?? [:]
         #expect(Set(exported.keys) == Set(attributes.keys), "\(what): attribute keys")
         for (key, value) in attributes {

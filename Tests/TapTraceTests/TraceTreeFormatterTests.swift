@@ -7,7 +7,7 @@ import Testing
 
     static func rpc(
         _ id: UInt64, parent: UInt64? = 0x00f0_67aa_0ba9_02b7, start: UInt64, name: String,
-        attributes: [String: AttributeValue] = [:]
+        attributes: SpanAttributes = [:]
     ) -> Span {
         Span(
             traceID: trace, spanID: SpanID(id), parentSpanID: parent.map(SpanID.init), name: name, kind: .server,

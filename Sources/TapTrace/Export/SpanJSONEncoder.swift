@@ -17,36 +17,54 @@ public enum SpanJSONEncoder {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// The attribute key orders of the last few key sets a writer encoded. Calls of one kind carry the same keys,
-    /// so checking that a span has exactly a cached set of keys (one lookup each) replaces sorting them (a string
-    /// comparison per step of the sort): about half the cost.
+    /// How to write one attribute key sequence: the positions that put it in key order, and each key already
+    /// rendered as JSON (`"key":`, with the separating comma before all but the first).
+    struct AttributeLayout: Sendable {
+        var order: [Int]
+        var renderedKeys: [[UInt8]]
+
+        init(_ attributes: SpanAttributes) {
+            let pairs = attributes.pairs
+            order = pairs.indices.sorted { pairs[$0].key < pairs[$1].key }
+            renderedKeys = order.enumerated().map { index, position in
+                var bytes: [UInt8] = []
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                SpanJSONEncoder.string(pairs[position].key, into: &bytes)
+                bytes.append(UInt8(ascii: ":"))
+                return bytes
+            }
+        }
+    }
+
+    /// The layouts of the last few attribute key sequences a writer encoded. Calls of one kind carry the same keys,
+    /// set in the same order by the same code, so checking that a span's keys are a cached sequence (the keys are
+    /// usually the same string literals, which compare equal without reading their bytes) replaces sorting them and
+    /// escaping each key again.
     public struct KeyOrderCache: Sendable {
-        /// Sorted key lists, most recently used first.
-        var orders: [[String]] = []
+        struct Entry: Sendable {
+            /// The key sequence as spans carry it.
+            var keys: [String]
+            var layout: AttributeLayout
+        }
+        /// Most recently used first.
+        var entries: [Entry] = []
         static let capacity = 8
         public init() {}
 
-        /// The pairs of `attributes` sorted by key.
-        mutating func sorted(_ attributes: [String: AttributeValue]) -> [(key: String, value: AttributeValue)] {
-            for (index, keys) in orders.enumerated() where keys.count == attributes.count {
-                var pairs: [(key: String, value: AttributeValue)] = []
-                pairs.reserveCapacity(keys.count)
-                for key in keys {
-                    guard let value = attributes[key] else { break }
-                    pairs.append((key, value))
-                }
-                // Same count and every cached key present: the key sets are equal (dictionary keys are unique).
-                if pairs.count == keys.count {
-                    if index > 0 { orders.insert(orders.remove(at: index), at: 0) }
-                    return pairs
-                }
+        /// The layout for the keys of `attributes`.
+        mutating func layout(of attributes: SpanAttributes) -> AttributeLayout {
+            let pairs = attributes.pairs
+            search: for (index, entry) in entries.enumerated() where entry.keys.count == pairs.count {
+                for position in pairs.indices where entry.keys[position] != pairs[position].key { continue search }
+                if index > 0 { entries.swapAt(index, 0) }
+                return entry.layout
             }
-            let pairs = attributes.sorted { $0.key < $1.key }
+            let layout = AttributeLayout(attributes)
             if !pairs.isEmpty {
-                if orders.count == Self.capacity { orders.removeLast() }
-                orders.insert(pairs.map(\.key), at: 0)
+                if entries.count == Self.capacity { entries.removeLast() }
+                entries.insert(Entry(keys: pairs.map(\.key), layout: layout), at: 0)
             }
-            return pairs
+            return layout
         }
     }
 
@@ -90,7 +108,7 @@ public enum SpanJSONEncoder {
         bytes.append(UInt8(ascii: "}"))
 
         key("attributes", into: &bytes)
-        attributes(cache.sorted(span.attributes), into: &bytes)
+        attributes(span.attributes, layout: cache.layout(of: span.attributes), into: &bytes)
 
         if !span.events.isEmpty {
             key("events", into: &bytes)
@@ -103,7 +121,7 @@ public enum SpanJSONEncoder {
                 key("timeUnixNano", into: &bytes)
                 unsigned(event.timeUnixNano, into: &bytes)
                 key("attributes", into: &bytes)
-                attributes(event.attributes.sorted { $0.key < $1.key }, into: &bytes)
+                attributes(event.attributes, layout: AttributeLayout(event.attributes), into: &bytes)
                 bytes.append(UInt8(ascii: "}"))
             }
             bytes.append(UInt8(ascii: "]"))
@@ -124,13 +142,13 @@ public enum SpanJSONEncoder {
         bytes.append(UInt8(ascii: ":"))
     }
 
-    private static func attributes(_ pairs: [(key: String, value: AttributeValue)], into bytes: inout [UInt8]) {
+    /// The attributes as a JSON object, keys and order from `layout`.
+    private static func attributes(_ attributes: SpanAttributes, layout: AttributeLayout, into bytes: inout [UInt8]) {
         bytes.append(UInt8(ascii: "{"))
-        for (index, entry) in pairs.enumerated() {
-            if index > 0 { bytes.append(UInt8(ascii: ",")) }
-            string(entry.key, into: &bytes)
-            bytes.append(UInt8(ascii: ":"))
-            value(entry.value, into: &bytes)
+        let pairs = attributes.pairs
+        for (index, position) in layout.order.enumerated() {
+            bytes.append(contentsOf: layout.renderedKeys[index])
+            value(pairs[position].value, into: &bytes)
         }
         bytes.append(UInt8(ascii: "}"))
     }
@@ -165,7 +183,7 @@ public enum SpanJSONEncoder {
 
     /// A JSON string literal (RFC 8259 §7): `"` and `\` escaped, C0 controls as short escapes or `\u00XX`.
     /// Everything else, including non-ASCII, is copied as UTF-8 (a Swift string is always valid UTF-8).
-    private static func string(_ text: String, into bytes: inout [UInt8]) {
+    static func string(_ text: String, into bytes: inout [UInt8]) {
         bytes.append(UInt8(ascii: "\""))
         // Fast path: most names and values need no escape; copy their UTF-8 in one go.
         let copied = text.utf8.withContiguousStorageIfAvailable { utf8 -> Bool in
@@ -197,25 +215,34 @@ public enum SpanJSONEncoder {
         bytes.append(UInt8(ascii: "\""))
     }
 
-    /// A decimal JSON integer.
+    /// A decimal JSON integer, its digits formed in a small stack buffer and appended at once.
     private static func unsigned(_ number: UInt64, into bytes: inout [UInt8]) {
-        guard number != 0 else {
-            bytes.append(UInt8(ascii: "0"))
+        guard number >= 10 else {
+            bytes.append(UInt8(ascii: "0") + UInt8(number))
             return
         }
-        let start = bytes.count
-        var rest = number
-        while rest > 0 {
-            bytes.append(UInt8(ascii: "0") + UInt8(rest % 10))
-            rest /= 10
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var start = digits.count
+            var rest = number
+            while rest > 0 {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start...]))
         }
-        bytes[start...].reverse()
     }
 
     /// 16 lower-case hex digits.
     private static func hex(_ number: UInt64, into bytes: inout [UInt8]) {
-        for shift in stride(from: 60, through: 0, by: -4) {
-            bytes.append(hexDigits[Int((number >> UInt64(shift)) & 0xF)])
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16) { digits in
+            var rest = number
+            for index in stride(from: 15, through: 0, by: -1) {
+                let digit = UInt8(truncatingIfNeeded: rest & 0xF)
+                digits[index] = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") - 10 + digit
+                rest >>= 4
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(digits))
         }
     }
 

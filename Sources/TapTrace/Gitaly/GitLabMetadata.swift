@@ -58,8 +58,8 @@ public enum GitLabMetadata {
     /// - Returns: one attribute per non-empty known key; the first value of a repeated key wins. Feature flags whose
     ///   value is not `true`/`false` (any case) are skipped; a `gitaly-sidechannel-id` that is not a decimal
     ///   int64 is skipped rather than logged as a string, so the attribute keeps one type.
-    public static func attributes(from metadata: [(name: String, value: String)]) -> [String: AttributeValue] {
-        var attributes: [String: AttributeValue] = [:]
+    public static func attributes(from metadata: [(name: String, value: String)]) -> SpanAttributes {
+        var attributes: SpanAttributes = [:]
         var rawClientName: String?
         var enabled: Set<String> = []
         var disabled: Set<String> = []

@@ -49,8 +49,8 @@ public struct GitalyRepository: Hashable, Sendable {
     /// Span attributes for the non-empty identifying fields.
     ///
     /// The object directories are left out: they are per-push temporary paths that only add cardinality.
-    public var attributes: [String: AttributeValue] {
-        var attributes: [String: AttributeValue] = [:]
+    public var attributes: SpanAttributes {
+        var attributes: SpanAttributes = [:]
         func add(_ key: String, _ value: String) {
             if !value.isEmpty { attributes[key] = .string(value) }
         }

@@ -139,10 +139,10 @@ public struct Span: Sendable, Equatable {
         /// When, in nanoseconds since the Unix epoch.
         public var timeUnixNano: UInt64
         /// Details of the event.
-        public var attributes: [String: AttributeValue]
+        public var attributes: SpanAttributes
 
         /// An event from its parts.
-        public init(name: String, timeUnixNano: UInt64, attributes: [String: AttributeValue] = [:]) {
+        public init(name: String, timeUnixNano: UInt64, attributes: SpanAttributes = [:]) {
             self.name = name
             self.timeUnixNano = timeUnixNano
             self.attributes = attributes
@@ -166,7 +166,7 @@ public struct Span: Sendable, Equatable {
     /// The outcome.
     public var status: Status
     /// Flat attributes, OpenTelemetry keys where they exist.
-    public var attributes: [String: AttributeValue]
+    public var attributes: SpanAttributes
     /// Timestamped events inside the span.
     public var events: [Event]
     /// Whether the caller asked for this trace to be sampled (kept from its context).
@@ -184,7 +184,7 @@ public struct Span: Sendable, Equatable {
         startTimeUnixNano: UInt64,
         endTimeUnixNano: UInt64,
         status: Status = .ok,
-        attributes: [String: AttributeValue] = [:],
+        attributes: SpanAttributes = [:],
         events: [Event] = [],
         sampled: Bool = true,
         traceState: String? = nil

@@ -79,9 +79,9 @@ public enum OTLPJSONEncoder {
         w.raw("}}")
     }
 
-    private static func attributes(_ attributes: [String: AttributeValue], into w: inout JSONWriter) {
-        // Force-unwrap is safe: every key came from this dictionary's keys.
-        w.array(attributes.keys.sorted()) { w, key in keyValue(key, attributes[key]!, into: &w) }
+    private static func attributes(_ attributes: SpanAttributes, into w: inout JSONWriter) {
+        // In the order the tap set them: OTLP gives attributes no order.
+        w.array(attributes.pairs) { w, pair in keyValue(pair.key, pair.value, into: &w) }
     }
 
     private static func keyValue(_ key: String, _ value: AttributeValue, into w: inout JSONWriter) {

@@ -47,16 +47,16 @@ public enum OTLPProtobufEncoder {
         w.uint64(6, OTLPEnums.kind(span.kind))  // kind
         w.fixed64(7, span.startTimeUnixNano)  // start_time_unix_nano
         w.fixed64(8, span.endTimeUnixNano)  // end_time_unix_nano
-        for key in span.attributes.keys.sorted() {
-            // Force-unwrap is safe: `key` came from this dictionary's keys.
-            keyValue(9, key, span.attributes[key]!, into: &w)  // attributes
+        // In the order the tap set them: OTLP gives attributes no order.
+        for (key, value) in span.attributes {
+            keyValue(9, key, value, into: &w)  // attributes
         }
         for event in span.events {
             w.message(11) { e in  // events
                 e.fixed64(1, event.timeUnixNano)  // time_unix_nano
                 e.string(2, event.name)  // name
-                for key in event.attributes.keys.sorted() {
-                    keyValue(3, key, event.attributes[key]!, into: &e)  // attributes
+                for (key, value) in event.attributes {
+                    keyValue(3, key, value, into: &e)  // attributes
                 }
             }
         }

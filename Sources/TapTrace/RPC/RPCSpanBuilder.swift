@@ -22,43 +22,46 @@ public struct RPCSpanBuilder: Sendable {
         var attributes = GitLabMetadata.attributes(from: metadata)
         attributes.reserveCapacity(attributes.count + 24)  // one allocation instead of growing step by step
 
-        attributes["rpc.system"] = .string("grpc")
-        if let service = record.service { attributes["rpc.service"] = .string(service) }
-        if let method = record.methodName { attributes["rpc.method"] = .string(method) }
-        if let status = record.grpcStatus { attributes["rpc.grpc.status_code"] = .int(Int64(status)) }
-        attributes["network.transport"] = .string(connection.transport)
-        if !connection.peer.isEmpty { attributes["network.peer.address"] = .string(connection.peer) }
-        attributes["server.address"] = .string(connection.upstreamAddress)
-        attributes["tap.connection.id"] = .int(Int64(connection.id))
-        attributes["tap.stream.id"] = .int(Int64(record.streamID))
-        if let authority = record.authority { attributes["rpc.grpc.authority"] = .string(authority) }
-        if let timeout = record.timeoutNanos { attributes["rpc.grpc.timeout_ns"] = .int(timeout) }
-        if let encoding = record.requestEncoding { attributes["rpc.grpc.request.encoding"] = .string(encoding) }
-        if let http = record.httpStatus, http != 200 { attributes["http.response.status_code"] = .int(Int64(http)) }
-        attributes["rpc.grpc.request.messages"] = .int(Int64(record.requestMessages))
-        attributes["rpc.grpc.request.bytes"] = .int(Int64(record.requestBytes))
-        attributes["rpc.grpc.response.messages"] = .int(Int64(record.responseMessages))
-        attributes["rpc.grpc.response.bytes"] = .int(Int64(record.responseBytes))
+        attributes.append("rpc.system", .string("grpc"))
+        let serviceAndMethod = record.serviceAndMethod
+        if let (service, method) = serviceAndMethod {
+            attributes.append("rpc.service", .string(service))
+            attributes.append("rpc.method", .string(method))
+        }
+        if let status = record.grpcStatus { attributes.append("rpc.grpc.status_code", .int(Int64(status))) }
+        attributes.append("network.transport", .string(connection.transport))
+        if !connection.peer.isEmpty { attributes.append("network.peer.address", .string(connection.peer)) }
+        attributes.append("server.address", .string(connection.upstreamAddress))
+        attributes.append("tap.connection.id", .int(Int64(connection.id)))
+        attributes.append("tap.stream.id", .int(Int64(record.streamID)))
+        if let authority = record.authority { attributes.append("rpc.grpc.authority", .string(authority)) }
+        if let timeout = record.timeoutNanos { attributes.append("rpc.grpc.timeout_ns", .int(timeout)) }
+        if let encoding = record.requestEncoding { attributes.append("rpc.grpc.request.encoding", .string(encoding)) }
+        if let http = record.httpStatus, http != 200 { attributes.append("http.response.status_code", .int(Int64(http))) }
+        attributes.append("rpc.grpc.request.messages", .int(Int64(record.requestMessages)))
+        attributes.append("rpc.grpc.request.bytes", .int(Int64(record.requestBytes)))
+        attributes.append("rpc.grpc.response.messages", .int(Int64(record.responseMessages)))
+        attributes.append("rpc.grpc.response.bytes", .int(Int64(record.responseBytes)))
         if let first = record.firstResponseTime, first >= record.startTime {
-            attributes["rpc.grpc.time_to_first_response_ns"] = .int(Int64(first - record.startTime))
+            attributes.append("rpc.grpc.time_to_first_response_ns", .int(Int64(first - record.startTime)))
         }
         if let requestEnd = record.requestEndTime, requestEnd >= record.startTime {
-            attributes["rpc.grpc.request.duration_ns"] = .int(Int64(requestEnd - record.startTime))
+            attributes.append("rpc.grpc.request.duration_ns", .int(Int64(requestEnd - record.startTime)))
         }
-        attributes["rpc.grpc.end"] = .string(Self.endName(record.end))
+        attributes.append("rpc.grpc.end", .string(Self.endName(record.end)))
         if let yamux = record.yamuxStreamID {
-            attributes["tap.yamux.stream.id"] = .int(Int64(yamux))
-            attributes["gitaly.backchannel"] = .bool(true)
-            if record.fromGitaly { attributes["gitaly.backchannel.from_gitaly"] = .bool(true) }
+            attributes.append("tap.yamux.stream.id", .int(Int64(yamux)))
+            attributes.append("gitaly.backchannel", .bool(true))
+            if record.fromGitaly { attributes.append("gitaly.backchannel.from_gitaly", .bool(true)) }
         }
         var events: [Span.Event] = []
         if let sidechannel = record.sidechannel {
-            Self.addSidechannel(sidechannel, ssh: record.service == "gitaly.SSHService", to: &attributes, events: &events)
+            Self.addSidechannel(sidechannel, ssh: serviceAndMethod?.service == "gitaly.SSHService", to: &attributes, events: &events)
         }
         if let message = record.firstRequestMessage, !record.firstRequestMessageCompressed,
             let repository = RepositoryExtractor.extract(fromRequest: message.readableBytesView)
         {
-            attributes.merge(repository.attributes) { _, new in new }
+            for (key, value) in repository.attributes { attributes.append(key, value) }
         }
 
         var traceID: TraceID
@@ -70,12 +73,12 @@ public struct RPCSpanBuilder: Sendable {
             parent = context.parentSpanID
             sampled = context.sampled
             traceState = context.traceState
-            attributes["tap.trace.propagation"] = .string(context.format.rawValue)
+            attributes.append("tap.trace.propagation", .string(context.format.rawValue))
         } else {
             traceID = TraceID.random(using: &generator)
         }
         if !extraction.malformed.isEmpty {
-            attributes["tap.trace.malformed_headers"] = .stringArray(extraction.malformed)
+            attributes.append("tap.trace.malformed_headers", .stringArray(extraction.malformed))
         }
 
         return Span(
@@ -98,7 +101,7 @@ public struct RPCSpanBuilder: Sendable {
     public func connectionSpan(for summary: ConnectionSummary) -> Span? {
         guard summary.kind != "http2" || summary.decodingStopped != nil else { return nil }
         var generator = SystemRandomNumberGenerator()
-        var attributes: [String: AttributeValue] = [
+        var attributes: SpanAttributes = [
             "network.transport": .string(summary.info.transport),
             "server.address": .string(summary.info.upstreamAddress),
             "tap.connection.id": .int(Int64(summary.info.id)),
@@ -124,35 +127,35 @@ public struct RPCSpanBuilder: Sendable {
 
     /// Sidechannel figures: bytes each way, duration, and the band split (SSH: stdout/stderr; HTTP: pack/progress).
     static func addSidechannel(
-        _ sidechannel: SidechannelRecord, ssh: Bool, to attributes: inout [String: AttributeValue],
+        _ sidechannel: SidechannelRecord, ssh: Bool, to attributes: inout SpanAttributes,
         events: inout [Span.Event]
     ) {
-        attributes["gitaly.sidechannel.bytes_to_server"] = .int(Int64(sidechannel.bytesToServer))
-        attributes["gitaly.sidechannel.bytes_to_client"] = .int(Int64(sidechannel.bytesToClient))
+        attributes.append("gitaly.sidechannel.bytes_to_server", .int(Int64(sidechannel.bytesToServer)))
+        attributes.append("gitaly.sidechannel.bytes_to_client", .int(Int64(sidechannel.bytesToClient)))
         if sidechannel.endTime >= sidechannel.openTime {
-            attributes["gitaly.sidechannel.duration_ns"] = .int(Int64(sidechannel.endTime - sidechannel.openTime))
+            attributes.append("gitaly.sidechannel.duration_ns", .int(Int64(sidechannel.endTime - sidechannel.openTime)))
         }
         // Each way: from the sidechannel's opening to the last byte that went that way.
         if let last = sidechannel.lastToServerTime, last >= sidechannel.openTime {
-            attributes["gitaly.sidechannel.to_server_duration_ns"] = .int(Int64(last - sidechannel.openTime))
+            attributes.append("gitaly.sidechannel.to_server_duration_ns", .int(Int64(last - sidechannel.openTime)))
         }
         if let last = sidechannel.lastToClientTime, last >= sidechannel.openTime {
-            attributes["gitaly.sidechannel.to_client_duration_ns"] = .int(Int64(last - sidechannel.openTime))
+            attributes.append("gitaly.sidechannel.to_client_duration_ns", .int(Int64(last - sidechannel.openTime)))
         }
         if let first = sidechannel.firstToClientTime, first >= sidechannel.openTime {
-            attributes["gitaly.sidechannel.time_to_first_byte_to_client_ns"] = .int(Int64(first - sidechannel.openTime))
+            attributes.append("gitaly.sidechannel.time_to_first_byte_to_client_ns", .int(Int64(first - sidechannel.openTime)))
         }
-        attributes["gitaly.sidechannel.yamux_stream_id"] = .int(Int64(sidechannel.yamuxStreamID))
+        attributes.append("gitaly.sidechannel.yamux_stream_id", .int(Int64(sidechannel.yamuxStreamID)))
         switch sidechannel.end {
-        case .closed: attributes["gitaly.sidechannel.end"] = .string("closed")
+        case .closed: attributes.append("gitaly.sidechannel.end", .string("closed"))
         case .reset(let by):
-            attributes["gitaly.sidechannel.end"] = .string(by == .clientToServer ? "reset_by_client" : "reset_by_gitaly")
-        case .connectionLost: attributes["gitaly.sidechannel.end"] = .string("connection_lost")
+            attributes.append("gitaly.sidechannel.end", .string(by == .clientToServer ? "reset_by_client" : "reset_by_gitaly"))
+        case .connectionLost: attributes.append("gitaly.sidechannel.end", .string("connection_lost"))
         }
         if let bands = sidechannel.serverBands {
-            attributes[ssh ? "gitaly.sidechannel.stdout_bytes" : "gitaly.sidechannel.pack_bytes"] = .int(Int64(bands[1]))
-            attributes[ssh ? "gitaly.sidechannel.stderr_bytes" : "gitaly.sidechannel.progress_bytes"] = .int(Int64(bands[2]))
-            if bands[3] > 0 { attributes["gitaly.sidechannel.error_bytes"] = .int(Int64(bands[3])) }
+            attributes.append(ssh ? "gitaly.sidechannel.stdout_bytes" : "gitaly.sidechannel.pack_bytes", .int(Int64(bands[1])))
+            attributes.append(ssh ? "gitaly.sidechannel.stderr_bytes" : "gitaly.sidechannel.progress_bytes", .int(Int64(bands[2])))
+            if bands[3] > 0 { attributes.append("gitaly.sidechannel.error_bytes", .int(Int64(bands[3]))) }
         }
         events.append(.init(name: "sidechannel.open", timeUnixNano: sidechannel.openTime))
         if let done = sidechannel.clientDoneTime {

@@ -36,7 +36,7 @@ public enum GitProcessSpanBuilder {
     /// - Parameter attributes: added to the process span (correlation results).
     public static func spans<G: RandomNumberGenerator>(
         for process: GitProcess, ids: IDs, traceID: TraceID, parent: SpanID?, sampled: Bool = true,
-        attributes extra: [String: AttributeValue] = [:], using generator: inout G
+        attributes extra: SpanAttributes = [:], using generator: inout G
     ) -> [Span] {
         var processSpan = Span(
             traceID: traceID, spanID: ids.process, parentSpanID: parent, name: process.spanName, kind: .internal,
@@ -58,9 +58,10 @@ public enum GitProcessSpanBuilder {
                 name: "thread " + short, kind: .internal, startTimeUnixNano: thread.startUnixNano,
                 endTimeUnixNano: max(thread.endUnixNano, thread.startUnixNano),
                 status: Span.Status(code: .unset),
-                attributes: ["trace2.thread": .string(thread.name)].merging(
-                    thread.exited ? [:] : ["trace2.thread.unfinished": .bool(true)]
-                ) { a, _ in a }, sampled: sampled)
+                attributes: thread.exited
+                    ? ["trace2.thread": .string(thread.name)]
+                    : ["trace2.thread": .string(thread.name), "trace2.thread.unfinished": .bool(true)],
+                sampled: sampled)
         }
 
         var regionSpans: [Span] = []
@@ -74,7 +75,7 @@ public enum GitProcessSpanBuilder {
             } else {
                 parentID = ids.process
             }
-            var attributes: [String: AttributeValue] = [
+            var attributes: SpanAttributes = [
                 "trace2.region.category": .string(region.category),
                 "trace2.region.label": .string(region.label),
                 "trace2.region.nesting": .int(Int64(region.nesting)),
@@ -104,7 +105,7 @@ public enum GitProcessSpanBuilder {
         }
         for timer in process.timers {
             let key = "trace2.timer." + timer.category + "." + timer.name
-            var values: [String: AttributeValue] = [key + ".intervals": .int(timer.count)]
+            var values: SpanAttributes = [key + ".intervals": .int(timer.count)]
             if let total = timer.totalSeconds { values[key + ".total_s"] = .double(total) }
             if let min = timer.minSeconds { values[key + ".min_s"] = .double(min) }
             if let max = timer.maxSeconds { values[key + ".max_s"] = .double(max) }
@@ -125,7 +126,7 @@ public enum GitProcessSpanBuilder {
 
         var spans = [processSpan]
         for child in process.children {
-            var attributes: [String: AttributeValue] = [
+            var attributes: SpanAttributes = [
                 "git.child.id": .int(child.childID),
                 "git.child.class": .string(child.childClass),
                 "git.argv": .stringArray(Trace2Redaction.argv(child.argv)),
@@ -148,7 +149,7 @@ public enum GitProcessSpanBuilder {
                     status: status, attributes: attributes, sampled: sampled))
         }
         for exec in process.execs {
-            var attributes: [String: AttributeValue] = [
+            var attributes: SpanAttributes = [
                 "git.exec.id": .int(exec.execID),
                 "git.argv": .stringArray(Trace2Redaction.argv(exec.argv)),
             ]
@@ -191,8 +192,8 @@ public enum GitProcessSpanBuilder {
         return .init(code: .unset)
     }
 
-    static func processAttributes(_ process: GitProcess) -> [String: AttributeValue] {
-        var a: [String: AttributeValue] = [
+    static func processAttributes(_ process: GitProcess) -> SpanAttributes {
+        var a: SpanAttributes = [
             "trace2.sid": .string(process.sid.text),
             "git.argv": .stringArray(Trace2Redaction.argv(process.argv)),
             "trace2.events": .int(Int64(process.eventCount)),

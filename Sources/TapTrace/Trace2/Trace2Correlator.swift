@@ -346,7 +346,7 @@ public struct Trace2Correlator: Sendable {
     private mutating func place(root sid: String, decision: Decision, now: UInt64) -> [Span] {
         guard let entry = takePending(sid) else { return [] }
         counts.trees += 1
-        var attributes: [String: AttributeValue] = [:]
+        var attributes: SpanAttributes = [:]
         let traceID: TraceID
         var parent: SpanID?
         var sampled = true

@@ -132,36 +132,35 @@ public struct GRPCCallAssembler: Sendable {
             calls[streamID] = OpenCall(record: record)
         case .serverToClient:
             // Updated in place, and taken out of the table (not copied) when it ends: a call record holds a dozen
-            // references, and this runs for every response.
+            // references, and this runs for every response. (Reading a field through `calls.values[index]` would
+            // copy the whole call; `respond` reads and writes it through one `inout` access.)
             guard let index = calls.index(forKey: streamID) else { return }
-            if calls.values[index].record.firstResponseTime == nil { calls.values[index].record.firstResponseTime = time }
-            if !calls.values[index].sawResponseHeaders {
-                calls.values[index].sawResponseHeaders = true
-                if let status = headers.first(name: ":status") { calls.values[index].record.httpStatus = Int(status) }
-                let fields = Self.metadata(headers)
-                if endStream {
-                    var call = calls.remove(at: index).value
-                    call.record.trailers = fields
-                    Self.takeStatus(from: headers, into: &call.record)
-                    if limits.recordEvents {
-                        report(.trailers(Self.rawFields(headers, raw), trailersOnly: true), streamID: streamID, at: time)
-                    }
-                    finish(call, end: .trailersOnly, at: time, emit: emit)
-                    return
-                }
-                calls.values[index].record.responseMetadata = fields
+            let first = Self.respond(headers, at: time, call: &calls.values[index])
+            if first, !endStream {
+                calls.values[index].record.responseMetadata = Self.metadata(headers)
                 if limits.recordEvents { report(.responseHeaders(Self.rawFields(headers, raw)), streamID: streamID, at: time) }
-            } else {
-                if limits.recordEvents {
-                    report(.trailers(Self.rawFields(headers, raw), trailersOnly: false), streamID: streamID, at: time)
-                }
-                var call = calls.remove(at: index).value
-                call.record.trailers = Self.metadata(headers)
-                Self.takeStatus(from: headers, into: &call.record)
-                // Trailers without END_STREAM are malformed HTTP; the call still ends at its status.
-                finish(call, end: .trailers, at: time, emit: emit)
+                return
             }
+            // Trailers, or Trailers-Only (the first headers with END_STREAM). Trailers without END_STREAM are
+            // malformed HTTP; the call still ends at its status.
+            if limits.recordEvents {
+                report(.trailers(Self.rawFields(headers, raw), trailersOnly: first), streamID: streamID, at: time)
+            }
+            var call = calls.remove(at: index).value
+            call.record.trailers = Self.metadata(headers)
+            Self.takeStatus(from: headers, into: &call.record)
+            finish(call, end: first ? .trailersOnly : .trailers, at: time, emit: emit)
         }
+    }
+
+    /// Notes a response header block on `call`: the first response time, and for the first block its HTTP status.
+    /// True when this is the call's first response header block.
+    private static func respond(_ headers: HPACKHeaders, at time: UInt64, call: inout OpenCall) -> Bool {
+        if call.record.firstResponseTime == nil { call.record.firstResponseTime = time }
+        guard !call.sawResponseHeaders else { return false }
+        call.sawResponseHeaders = true
+        if let status = headers.first(name: ":status") { call.record.httpStatus = Int(status) }
+        return true
     }
 
     /// A piece of DATA content on `streamID`.

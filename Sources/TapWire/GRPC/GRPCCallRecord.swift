@@ -77,21 +77,28 @@ public struct GRPCCallRecord: Sendable {
     }
 
     /// `package.Service` from `:path`.
-    public var service: String? {
-        let parts = pathParts
-        return parts.count == 2 ? String(Substring(parts[0])) : nil
-    }
+    public var service: String? { serviceAndMethod?.service }
 
     /// The method name from `:path`.
-    public var methodName: String? {
-        let parts = pathParts
-        return parts.count == 2 ? String(Substring(parts[1])) : nil
-    }
+    public var methodName: String? { serviceAndMethod?.method }
 
-    /// `:path` split on `/` as UTF-8 (splitting the `String` walks grapheme clusters, several times slower; it ran
-    /// for every span).
-    private var pathParts: [Substring.UTF8View] {
-        path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true)
+    /// Service and method from a `:path` of the form `/<service>/<method>` (a leading `/` optional, one more `/`,
+    /// both parts non-empty); nil for any other path. One scan of the UTF-8 bytes (walking the `String` itself
+    /// goes by grapheme clusters, several times slower; this runs for every span).
+    public var serviceAndMethod: (service: String, method: String)? {
+        let utf8 = path.utf8
+        var start = utf8.startIndex
+        if start < utf8.endIndex, utf8[start] == UInt8(ascii: "/") { start = utf8.index(after: start) }
+        guard let slash = utf8[start...].firstIndex(of: UInt8(ascii: "/")), slash > start else { return nil }
+        let methodStart = utf8.index(after: slash)
+        var methodEnd = utf8.endIndex
+        // A trailing `/` is allowed (it was omitted before), any other `/` makes the path something else.
+        if let next = utf8[methodStart...].firstIndex(of: UInt8(ascii: "/")) {
+            guard utf8.index(after: next) == utf8.endIndex else { return nil }
+            methodEnd = next
+        }
+        guard methodStart < methodEnd else { return nil }
+        return (String(Substring(utf8[start..<slash])), String(Substring(utf8[methodStart..<methodEnd])))
     }
 
     /// The first value of request metadata `name`.

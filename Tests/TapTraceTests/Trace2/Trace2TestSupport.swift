@@ -58,7 +58,7 @@ func rpcSpan(
     _ name: String = "gitaly.SmartHTTPService/PostUploadPackWithSidechannel", traceLow: UInt64, spanID: UInt64,
     start: UInt64, end: UInt64, correlationID: String? = nil, relativePath: String? = nil, storage: String = "default"
 ) -> Span {
-    var attributes: [String: AttributeValue] = ["rpc.system": .string("grpc")]
+    var attributes: SpanAttributes = ["rpc.system": .string("grpc")]
     if let correlationID { attributes["gitlab.correlation_id"] = .string(correlationID) }
     if let relativePath {
         attributes["gitaly.repository.relative_path"] = .string(relativePath)
