@@ -125,6 +125,9 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Seconds open connections may finish after SIGTERM/SIGINT.")
     var drainTimeout: Int = 30
 
+    @Option(help: "Event-loop threads that forward and decode (default: the number of cores).")
+    var threads: Int?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -172,6 +175,7 @@ struct Proxy: AsyncParsableCommand {
         add("upstream", upstream)
         add("spans", spans)
         lines.append("drain_timeout = \(drainTimeout)")
+        if let threads { lines.append("threads = \(threads)") }
         add("log_level", logLevel)
         add("log_format", logFormat)
         add("metrics", metrics)
@@ -216,6 +220,10 @@ struct Proxy: AsyncParsableCommand {
             proxy: ProxyConfiguration(listen: listenAddress, upstream: upstreamAddress),
             spansPath: spans)
         options.drainTimeout = .seconds(drainTimeout)
+        if let threads {
+            guard threads >= 1 else { throw fail("--threads must be at least 1 (got \(threads))") }
+            options.threads = threads
+        }
         options.proxy.tls.certificatePath = tlsCert
         options.proxy.tls.keyPath = tlsKey
         options.proxy.tls.upstreamCAPath = upstreamCa

@@ -132,11 +132,13 @@ struct ConfigFileTests {
             upstream = "unix:\(dir.file("gitaly.sock"))"
             drain_timeout = 7
             log_level = "debug"
+            threads = 1
             """, to: dir.file("tap.toml"))
         let result = try await runCommand(
             try Peers.tapExecutable(),
             ["proxy", "--config", dir.file("tap.toml"), "--drain-timeout", "3", "--check"])
         #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("threads = 1"), "\(result.stdout)")
         #expect(result.stdout.contains("listen = \"unix:\(dir.file("from-file.sock"))\""), "\(result.stdout)")
         #expect(result.stdout.contains("drain_timeout = 3"), "the flag wins: \(result.stdout)")
         #expect(result.stdout.contains("log_level = \"debug\""), "\(result.stdout)")
