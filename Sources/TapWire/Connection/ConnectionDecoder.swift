@@ -43,8 +43,9 @@ public struct ConnectionDecoder: Sendable {
         self.limits = limits
     }
 
-    /// True while the decoder still decodes (not stopped, kind not opaque).
-    public var isDecoding: Bool { stoppedReason == nil && kind != .opaque }
+    /// True while the decoder still decodes (not stopped, kind not opaque). Inlinable so that a class holding the
+    /// decoder reads the two fields instead of copying the whole decoder to call a getter (once per read event).
+    @inlinable public var isDecoding: Bool { stoppedReason == nil && kind != .opaque }
 
     /// True while calls are reported as `WireEvent`s (`Limits.recordEvents`, until `stopEvents()`).
     public var recordsEvents: Bool { limits.recordEvents }
