@@ -13,6 +13,9 @@ public struct Trace2Options: Sendable {
     public var collector = Trace2Collector.Configuration()
     /// How long a deleted, silent event file is still read.
     public var deletedFileGrace: Duration = .seconds(1)
+    /// How long an event file that is not deleted may stay silent before it is finished (its open processes end
+    /// as incomplete) and its descriptor closed.
+    public var fileIdleTimeout: Duration = .seconds(600)
 
     public init() {}
 
@@ -67,6 +70,7 @@ public final class Trace2Runtime: Sendable {
             for directory in options.directories {
                 var configuration = Trace2DirectoryWatcher.Configuration(directory: directory)
                 configuration.deletedGrace = options.deletedFileGrace
+                configuration.idleTimeout = options.fileIdleTimeout
                 watchers.append(
                     try Trace2DirectoryWatcher(configuration: configuration, collector: collector, logger: logger))
             }

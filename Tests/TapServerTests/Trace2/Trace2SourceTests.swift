@@ -180,6 +180,73 @@ struct Trace2SourceTests {
         #expect(region.attributes["trace2.region.unclosed"] == .bool(true))
     }
 
+    /// The first two events of a `git status` process (no `exit`): what a git that hangs or was killed without a
+    /// signal event leaves behind.
+    static func startedProcessLines(sid: String) -> String {
+        [
+            #"{"event":"version","sid":"\#(sid)","thread":"main","time":"2026-01-01T00:00:00.000100Z","evt":"3","exe":"2.39.5"}"#,
+            #"{"event":"start","sid":"\#(sid)","thread":"main","time":"2026-01-01T00:00:00.000200Z","t_abs":0.0002,"argv":["git","status"]}"#,
+        ].joined(separator: "\n") + "\n"
+    }
+
+    @Test("a process that goes silent on an open connection is finished as incomplete after the idle timeout")
+    func silentProcessExpires() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let socket = dir.file("t2.sock")
+        var options = Trace2Options()
+        options.sockets = [Trace2SocketTarget(kind: .stream, path: socket)]
+        options.collector.processIdleTimeout = .seconds(2)  // 600 s in production
+        let sid = "20260101T000000.000000Z-H00000000-P00004321"
+        let sink = try await Trace2Harness.with(trace2: options) { h in
+            let writer = try RawSocket(connectingTo: "unix:" + socket)
+            try writer.write(Array(Self.startedProcessLines(sid: sid).utf8))
+            try await h.wait("two events") { h.collector.counts.events == 2 ? true : nil }
+            #expect(h.collector.counts.processesFinished == 0, "not before the timeout")
+            try await h.wait("the silent process expired") {
+                h.collector.counts.processesFinished == 1 ? true : nil
+            }
+            let counts = h.collector.counts
+            #expect(counts.incompleteProcesses == 1)
+            #expect(counts.streamsClosed == 0, "the connection is still open: the timeout, not its end, finished it")
+            writer.shutdownWrite()
+            try await h.wait("the connection's end") { h.collector.counts.streamsClosed == 1 ? true : nil }
+            #expect(h.collector.counts.processesFinished == 1, "finished once")
+            return h.sink
+        }
+        let spans = sink.collected.filter { $0.name == "git status" }
+        #expect(spans.count == 1)
+        #expect(spans.first?.string("trace2.ending") == "incomplete: no events for too long")
+    }
+
+    @Test("an event file that stops growing without being deleted is finished at the idle timeout; its descriptor is closed")
+    func idleFileFinished() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let tmp = dir.file("gitaly-tmp")
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: false)
+        var options = Trace2Options()
+        options.directories = [tmp]
+        options.fileIdleTimeout = .seconds(1)  // 600 s in production
+        let sid = "20260101T000000.000000Z-H00000000-P00005678"
+        let sink = try await Trace2Harness.with(trace2: options) { h in
+            let file = tmp + "/gitaly-trace2idle01"
+            try Self.startedProcessLines(sid: sid).write(toFile: file, atomically: false, encoding: .utf8)
+            let watcher = h.runtime.watchers[0]
+            try await h.wait("the file opened") { watcher.counts.filesOpened == 1 ? true : nil }
+            try await h.wait("the idle file finished") { watcher.openFiles == 0 ? true : nil }
+            #expect(Self.descriptors(into: tmp) == 0, "descriptor closed")
+            #expect(FileManager.default.fileExists(atPath: file), "the file itself is left alone")
+            let counts = h.collector.counts
+            #expect(counts.events == 2)
+            #expect(counts.streamsClosed == 1)
+            #expect(counts.processesFinished == 1 && counts.incompleteProcesses == 1)
+            return h.sink
+        }
+        let span = try #require(sink.collected.first { $0.name == "git status" })
+        #expect(span.string("trace2.ending") == "incomplete: file idle too long")
+    }
+
     @Test("datagram socket: every event of every process arrives")
     func datagrams() async throws {
         let dir = try TempDir()
