@@ -22,7 +22,7 @@ struct GitalyTap: AsyncParsableCommand {
         let given = Array(CommandLine.arguments.dropFirst())
         var options = ConfigArguments.options(fromHelp: helpMessage(for: Proxy.self, columns: 10_000))
         // The help text does not mark array options as repeatable; these take an array in the file.
-        for repeatable in ["trace2-socket", "trace2-dir"] { options[repeatable] = .repeatable }
+        for repeatable in ["trace2-socket", "trace2-dir", "trace2-storage"] { options[repeatable] = .repeatable }
         let expanded: (arguments: [String], origins: [ConfigArguments.Origin], path: String?)
         do {
             expanded = try ConfigArguments.expand(given, subcommand: "proxy", options: options) { path in
@@ -191,6 +191,7 @@ struct Proxy: AsyncParsableCommand {
         }
         addList("trace2_socket", trace2Socket)
         addList("trace2_dir", trace2Dir)
+        addList("trace2_storage", trace2Storage)
         lines += recording.effectiveSettings
         return lines.joined(separator: "\n") + "\n"
     }
@@ -200,6 +201,9 @@ struct Proxy: AsyncParsableCommand {
 
     @Option(help: "Watch a directory for Trace2 event files: Gitaly's $TMPDIR (gitaly-trace2*) or a git directory target (repeatable).")
     var trace2Dir: [String] = []
+
+    @Option(help: "A Gitaly storage as NAME=/abs/path (repeatable): git processes then join an RPC by --git-dir only at the exact repository path.")
+    var trace2Storage: [String] = []
 
     func run() async throws {
         let logger: Logger
@@ -260,6 +264,14 @@ struct Proxy: AsyncParsableCommand {
             }
         }
         options.trace2.directories = trace2Dir
+        for storage in trace2Storage {
+            do {
+                let root = try Trace2StorageRoot(parsing: storage)
+                options.trace2.collector.correlator.storageRoots[root.name] = root.path
+            } catch {
+                throw fail(error.description)
+            }
+        }
         options.recording = try recording.options()
         if let metrics {
             do {

@@ -23,6 +23,29 @@ public struct Trace2Options: Sendable {
     public var isEnabled: Bool { !sockets.isEmpty || !directories.isEmpty }
 }
 
+/// `--trace2-storage NAME=/abs/path`: a Gitaly storage and its root directory, as in Gitaly's `[[storage]]`. With the
+/// root known, a git process joins an RPC by `--git-dir` only when its path is exactly root + the RPC's relative
+/// path; without it, a path that ends with the relative path is enough.
+public struct Trace2StorageRoot: Sendable, Equatable {
+    /// The storage name RPCs carry (`default`).
+    public var name: String
+    /// Its root directory, absolute.
+    public var path: String
+
+    public init(parsing text: String) throws(Trace2ConfigurationError) {
+        guard let equals = text.firstIndex(of: "="), equals != text.startIndex,
+            text[text.index(after: equals)...].hasPrefix("/")
+        else {
+            throw Trace2ConfigurationError(
+                description:
+                    "--trace2-storage '\(text)': expected NAME=/absolute/path, as Gitaly's storage name and path (e.g. default=/var/opt/gitlab/git-data/repositories)"
+            )
+        }
+        name = String(text[..<equals])
+        path = String(text[text.index(after: equals)...])
+    }
+}
+
 /// The running Trace2 sources: socket listeners and directory watchers, all feeding one ``Trace2Collector``.
 public final class Trace2Runtime: Sendable {
     /// Where every source delivers its events.

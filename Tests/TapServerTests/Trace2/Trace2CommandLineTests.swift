@@ -48,6 +48,9 @@ struct Trace2CommandLineTests {
                 ["--trace2-socket", "/tmp"],
                 "exists and is not a socket; refusing to replace it (choose another --trace2-socket path)"
             ),
+            (["--trace2-storage", "default"], "--trace2-storage 'default': expected NAME=/absolute/path"),
+            (["--trace2-storage", "default=repos"], "--trace2-storage 'default=repos': expected NAME=/absolute/path"),
+            (["--trace2-storage", "=/srv/repos"], "--trace2-storage '=/srv/repos': expected NAME=/absolute/path"),
         ])
     func badOptions(arguments: [String], message: String) async throws {
         let dir = try TempDir()
@@ -61,7 +64,7 @@ struct Trace2CommandLineTests {
         #expect(lines.count == 1 && lines[0].contains(message), "\(result.stderr)")
     }
 
-    @Test("the config file takes trace2_socket and trace2_dir as arrays; --check prints them back")
+    @Test("the config file takes trace2_socket, trace2_dir and trace2_storage as arrays; --check prints them back")
     func configFile() async throws {
         let dir = try TempDir()
         defer { dir.cleanup() }
@@ -70,6 +73,7 @@ struct Trace2CommandLineTests {
             upstream = "unix:\(dir.file("up.sock"))"
             trace2_socket = ["\(dir.file("t2.sock"))", "dgram:\(dir.file("t2.dgram"))"]
             trace2_dir = ["\(dir.path)"]
+            trace2_storage = ["default=/srv/gitaly/repositories", "other=/srv/other"]
             """
         try config.write(toFile: dir.file("tap.toml"), atomically: true, encoding: .utf8)
         let result = try await runCommand(
@@ -80,5 +84,8 @@ struct Trace2CommandLineTests {
                 "trace2_socket = [\"\(dir.file("t2.sock"))\", \"dgram:\(dir.file("t2.dgram"))\"]\n"), "\(result.stdout)"
         )
         #expect(result.stdout.contains("trace2_dir = [\"\(dir.path)\"]\n"), "\(result.stdout)")
+        #expect(
+            result.stdout.contains("trace2_storage = [\"default=/srv/gitaly/repositories\", \"other=/srv/other\"]\n"),
+            "\(result.stdout)")
     }
 }

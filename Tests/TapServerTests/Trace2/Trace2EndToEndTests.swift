@@ -16,12 +16,14 @@ struct Trace2EndToEndTests {
         case directory
         /// The same without GIT_TRACE2_ENV_VARS: nothing names the correlation id, only --git-dir and time join.
         case directoryGitDir
+        /// As `directoryGitDir` with the storage root configured (`--trace2-storage`): --git-dir must be the exact path.
+        case directoryStorageRoot
 
         var expectedKey: String {
             switch self {
             case .tempfile: "sid_prefix"
             case .socket, .directory: "def_param"
-            case .directoryGitDir: "git_dir"
+            case .directoryGitDir, .directoryStorageRoot: "git_dir"
             }
         }
     }
@@ -68,8 +70,9 @@ struct Trace2EndToEndTests {
         case .tempfile:
             options.directories = [gitalyTmp]
             upstreamArguments += ["--trace2", "tempfile"]
-        case .directory, .directoryGitDir:
+        case .directory, .directoryGitDir, .directoryStorageRoot:
             options.directories = [traceDir]
+            if source == .directoryStorageRoot { options.collector.correlator.storageRoots = ["default": storage] }
             upstreamArguments += ["--trace2", "inherit"]
             upstreamEnvironment["GIT_TRACE2_EVENT"] = traceDir
             if source == .directory { upstreamEnvironment["GIT_TRACE2_ENV_VARS"] = "CORRELATION_ID" }
