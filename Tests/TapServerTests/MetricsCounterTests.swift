@@ -272,7 +272,7 @@ struct MetricsGRPCTypeTests {
             ])
     }
 
-    @Test("a Gitaly server-streaming method answered with one message is server_stream; an unknown method is learned")
+    @Test("a Gitaly streaming method answered with one message keeps its proto type (also services HGitaly lacks); an unknown method is learned")
     func typesFromProtos() {
         let metrics = TapMetrics()
         // GetBlob streams its answer; a small blob comes in one message.
@@ -280,6 +280,8 @@ struct MetricsGRPCTypeTests {
         // UserCommitFiles is client-streaming (a header message, then actions).
         metrics.write(Self.span(service: "gitaly.OperationService", method: "UserCommitFiles", requests: 1, responses: 1))
         metrics.write(Self.span(service: "gitaly.RepositoryService", method: "RepositoryExists", requests: 1, responses: 1))
+        // A service HGitaly does not ship: the hooks Gitaly calls on itself are bidirectional streams.
+        metrics.write(Self.span(service: "gitaly.HookService", method: "PreReceiveHook", requests: 1, responses: 1))
         metrics.write(Self.span(service: "other.Service", method: "Watch", requests: 1, responses: 1))
         metrics.write(Self.span(service: "other.Service", method: "Feed", requests: 1, responses: 3))
         let text = metrics.render()
@@ -290,6 +292,8 @@ struct MetricsGRPCTypeTests {
         #expect(
             text.contains(
                 "grpc_method=\"RepositoryExists\",grpc_service=\"gitaly.RepositoryService\",grpc_type=\"unary\""))
+        #expect(
+            text.contains("grpc_method=\"PreReceiveHook\",grpc_service=\"gitaly.HookService\",grpc_type=\"bidi_stream\""))
         #expect(text.contains("grpc_method=\"Watch\",grpc_service=\"other.Service\",grpc_type=\"unary\""))
         #expect(text.contains("grpc_method=\"Feed\",grpc_service=\"other.Service\",grpc_type=\"server_stream\""))
     }
