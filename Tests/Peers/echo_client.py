@@ -174,7 +174,9 @@ def sc_bidi(stub, md, args):
             yield item
 
     q.put(r.request(pb.EchoRequest(payload=payload(1 * KiB, 0))))
-    call = stub.Bidi(reqs(), metadata=md)
+    # A deadline, so a peer that never answers (a stand-in waiting for the end of the request) fails the call
+    # instead of hanging the test.
+    call = stub.Bidi(reqs(), metadata=md, timeout=60)
 
     def consume(c):
         for rep in c:

@@ -53,22 +53,44 @@ final class RecordedAnswers: Sendable {
         return .recorded(chosen)
     }
 
-    private static func sameRequests(_ recorded: [RecordedMessage], _ got: [ByteBuffer]) -> Bool {
-        guard recorded.count == got.count else { return false }
-        for (r, g) in zip(recorded, got) {
-            guard r.length == g.readableBytes else { return false }
-            let stored = r.payload.readableBytesView
-            guard stored.elementsEqual(g.readableBytesView.prefix(stored.count)) else { return false }
+    /// The recorded client calls of `path`.
+    func calls(path: String) -> [RecordedCall] { byMethod[path] ?? [] }
+
+    /// The least used of `fitting` (not empty), counted as used once more.
+    func take(_ fitting: [RecordedCall]) -> RecordedCall {
+        uses.withLock { uses -> RecordedCall in
+            let best = fitting.min { uses[$0.id, default: 0] < uses[$1.id, default: 0] }!
+            uses[best.id, default: 0] += 1
+            return best
         }
-        return true
+    }
+
+    /// How many of `call`'s response messages its server had sent before the client's request message number
+    /// `received + 1` (all of them once every request message has arrived).
+    static func dueResponses(_ call: RecordedCall, received: Int) -> Int {
+        guard received < call.requests.count else { return call.responses.count }
+        let next = call.requests[received].time
+        return call.responses.prefix { $0.time < next }.count
+    }
+
+    static func sameMessage(_ recorded: RecordedMessage, _ got: ByteBuffer) -> Bool {
+        guard recorded.length == got.readableBytes else { return false }
+        let stored = recorded.payload.readableBytesView
+        return stored.elementsEqual(got.readableBytesView.prefix(stored.count))
+    }
+
+    private static func sameRequests(_ recorded: [RecordedMessage], _ got: [ByteBuffer]) -> Bool {
+        recorded.count == got.count && zip(recorded, got).allSatisfy { sameMessage($0, $1) }
     }
 }
 
 /// `gitaly-tap serve`: a stand-in Gitaly that answers with a recording's answers.
 ///
-/// Speaks HTTP/2 itself (NIOHTTP2). Each call is answered once its request has ended: recorded response headers,
-/// messages and trailers, or a reset when the recorded call was reset. Calls with no fitting recording get
-/// UNIMPLEMENTED with a message that says what was missing.
+/// Speaks HTTP/2 itself (NIOHTTP2). A call is answered once its request has ended: recorded response headers,
+/// messages and trailers, or a reset when the recorded call was reset. A call whose recorded server answered while
+/// the request was still open (ping-pong: `SSHReceivePack`'s ref advertisement, a bidi exchange) is answered the same
+/// way as it goes: after each request message, the responses recorded before the next one. Calls with no fitting
+/// recording get UNIMPLEMENTED with a message that says what was missing.
 public final class StandInServer: Sendable {
     private let answers: RecordedAnswers
     private let listen: TapAddress
@@ -148,7 +170,7 @@ public final class StandInServer: Sendable {
     }
 }
 
-/// Answers one call on its stream once the request has ended.
+/// Answers one call on its stream: once the request has ended, or message by message for a ping-pong call.
 final class StandInStreamHandler: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias OutboundOut = HTTP2Frame.FramePayload
@@ -156,6 +178,16 @@ final class StandInStreamHandler: ChannelInboundHandler {
     private var collector = GRPCStreamCollector()
     private let answers: RecordedAnswers
     private let logger: Logger
+    /// The recorded call answering a ping-pong call while its request is open, and what of it was sent.
+    private var interleaved: RecordedCall?
+    private var sentResponses = 0
+    /// Request messages of the ping-pong call already compared with the recorded ones.
+    private var verifiedRequests = 0
+    /// Before a ping-pong call is chosen: the recorded calls whose request messages so far are the ones received
+    /// (narrowed message by message, so a long client stream costs one comparison per message and candidate).
+    private var candidates: [RecordedCall]?
+    /// Set when the answer is complete (trailers or a status sent): later frames are ignored.
+    private var answered = false
 
     init(answers: RecordedAnswers, logger: Logger) {
         self.answers = answers
@@ -163,10 +195,26 @@ final class StandInStreamHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard collector.receive(unwrapInboundIn(data)) else { return }
+        guard !answered else { return }
+        let ended = collector.receive(unwrapInboundIn(data))
         let request = collector.collected
         guard request.reset == nil else { return }
         let path = request.headers?.first(name: ":path") ?? ""
+        if !ended {
+            if request.malformed == nil { answerSoFar(path: path, requests: request.messages, context: context) }
+            return
+        }
+        if let call = interleaved {
+            // The rest of a ping-pong call: the request must have been the recorded one to the end.
+            guard request.malformed == nil, verify(request.messages, against: call),
+                request.messages.count == call.requests.count
+            else {
+                diverged(call, got: request.messages.count, context: context)
+                return
+            }
+            play(call, context: context)
+            return
+        }
         let reply: StandInReply =
             if let malformed = request.malformed {
                 .status(code: 13, message: "gitaly-tap serve: \(malformed)")
@@ -182,6 +230,77 @@ final class StandInStreamHandler: ChannelInboundHandler {
         }
     }
 
+    /// While the request is open: sends the responses a ping-pong call's recording had sent by this point.
+    private func answerSoFar(path: String, requests: [ByteBuffer], context: ChannelHandlerContext) {
+        if interleaved == nil {
+            var fitting = candidates ?? answers.calls(path: path)
+            guard !fitting.isEmpty else { return }
+            // Narrow by the messages that arrived since the last frame.
+            while verifiedRequests < requests.count {
+                let index = verifiedRequests
+                fitting.removeAll {
+                    index >= $0.requests.count || !RecordedAnswers.sameMessage($0.requests[index], requests[index])
+                }
+                verifiedRequests += 1
+            }
+            candidates = fitting
+            // A recorded call that went on with more request messages, and whose server answered before the next one.
+            let answering = fitting.filter {
+                $0.requests.count > requests.count && RecordedAnswers.dueResponses($0, received: requests.count) > 0
+            }
+            guard !answering.isEmpty else { return }
+            interleaved = answers.take(answering)
+            candidates = nil
+        }
+        guard let call = interleaved else { return }
+        guard verify(requests, against: call) else {
+            diverged(call, got: requests.count, context: context)
+            return
+        }
+        let due = RecordedAnswers.dueResponses(call, received: requests.count)
+        guard due > sentResponses else { return }
+        if let cut = call.responses[sentResponses..<due].firstIndex(where: \.truncated) {
+            writeCutStatus(call, cut, context: context)
+            return
+        }
+        if sentResponses == 0 {
+            context.write(
+                wrapOutboundOut(.headers(.init(headers: Self.headers(call.responseHeaders ?? [], status: true)))),
+                promise: nil)
+        }
+        for message in call.responses[sentResponses..<due] { writeMessage(message, context: context) }
+        sentResponses = due
+        context.flush()
+    }
+
+    /// Compares the request messages not compared yet with the recorded call's; false at the first difference or
+    /// when there are more than it had.
+    private func verify(_ requests: [ByteBuffer], against call: RecordedCall) -> Bool {
+        while verifiedRequests < requests.count {
+            guard verifiedRequests < call.requests.count,
+                RecordedAnswers.sameMessage(call.requests[verifiedRequests], requests[verifiedRequests])
+            else { return false }
+            verifiedRequests += 1
+        }
+        return true
+    }
+
+    /// The client of a ping-pong call sent something the recording did not have: end the call with a status that
+    /// says where (the responses already sent stay sent).
+    private func diverged(_ call: RecordedCall, got: Int, context: ChannelHandlerContext) {
+        let message =
+            "gitaly-tap serve: the request of \(call.path) left the recorded call after \(got) message(s) "
+            + "(the recording has \(call.requests.count)); answers already sent were the recorded ones"
+        logger.info("request differs from the recorded call", metadata: ["path": "\(call.path)"])
+        if sentResponses == 0 {
+            writeStatusOnly(context: context, code: 12, message: message)
+        } else {
+            let trailers = HPACKHeaders([("grpc-status", "12"), ("grpc-message", Self.percentEncode(message))])
+            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
+            answered = true
+        }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if error is NIOHTTP2Errors.StreamClosed {
             // The client reset the call (cancelled, or its deadline passed), as recorded clients do.
@@ -193,6 +312,7 @@ final class StandInStreamHandler: ChannelInboundHandler {
     }
 
     private func writeStatusOnly(context: ChannelHandlerContext, code: Int, message: String) {
+        answered = true
         let headers = HPACKHeaders(
             pseudo: [(":status", "200")],
             regular: [
@@ -202,61 +322,69 @@ final class StandInStreamHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
     }
 
+    private func writeMessage(_ message: RecordedMessage, context: ChannelHandlerContext) {
+        let framed = GRPCHTTP2Settings.framed(message.payload, compressed: message.compressed)
+        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: nil)
+    }
+
+    private func writeCutStatus(_ call: RecordedCall, _ cut: Int, context: ChannelHandlerContext) {
+        let m = call.responses[cut]
+        let message =
+            "gitaly-tap serve: recorded response message \(cut) of \(call.path) was cut at the recording cap "
+            + "(\(m.payload.readableBytes) of \(m.length) bytes stored)"
+        if sentResponses == 0 {
+            writeStatusOnly(context: context, code: 15, message: message)
+        } else {
+            let trailers = HPACKHeaders([("grpc-status", "15"), ("grpc-message", Self.percentEncode(message))])
+            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
+            answered = true
+        }
+    }
+
+    /// Plays the recorded answer from where it stands (`sentResponses` messages, and the headers when any, already
+    /// went out for a ping-pong call).
     private func play(_ call: RecordedCall, context: ChannelHandlerContext) {
-        if let cut = call.responses.firstIndex(where: \.truncated) {
-            let m = call.responses[cut]
-            writeStatusOnly(
-                context: context, code: 15,
-                message:
-                    "gitaly-tap serve: recorded response message \(cut) of \(call.path) was cut at the recording cap "
-                    + "(\(m.payload.readableBytes) of \(m.length) bytes stored)")
+        answered = true
+        let rest = call.responses[sentResponses...]
+        if let cut = rest.firstIndex(where: \.truncated) {
+            writeCutStatus(call, cut, context: context)
             return
         }
+        let headersSent = sentResponses > 0
         guard let trailers = call.trailers else {
             if case .reset(let by, _)? = call.end, by == .clientToServer {
                 // The recorded client gave up (cancelled, deadline): send what it got and wait for its reset.
-                if let headers = call.responseHeaders {
+                if let headers = call.responseHeaders, !headersSent {
                     context.write(
                         wrapOutboundOut(.headers(.init(headers: Self.headers(headers, status: true)))), promise: nil)
                 }
-                for message in call.responses {
-                    context.write(
-                        wrapOutboundOut(
-                            .data(
-                                .init(
-                                    data: .byteBuffer(
-                                        GRPCHTTP2Settings.framed(message.payload, compressed: message.compressed))))),
-                        promise: nil)
-                }
+                for message in rest { writeMessage(message, context: context) }
                 context.flush()
             } else if case .reset(let by, let code)? = call.end, by == .serverToClient {
                 context.writeAndFlush(wrapOutboundOut(.rstStream(HTTP2ErrorCode(networkCode: Int(code)))), promise: nil)
             } else {
-                writeStatusOnly(
-                    context: context, code: 14,
-                    message:
-                        "gitaly-tap serve: the recorded call of \(call.path) ended without a status (\(SessionReport.endName(call.end)))"
-                )
+                let message =
+                    "gitaly-tap serve: the recorded call of \(call.path) ended without a status (\(SessionReport.endName(call.end)))"
+                if headersSent {
+                    let fields = HPACKHeaders([("grpc-status", "14"), ("grpc-message", Self.percentEncode(message))])
+                    context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: fields, endStream: true))), promise: nil)
+                } else {
+                    writeStatusOnly(context: context, code: 14, message: message)
+                }
             }
             return
         }
-        if call.trailersOnly || call.responseHeaders == nil {
+        if !headersSent, call.trailersOnly || call.responseHeaders == nil {
             let headers = Self.headers(trailers, status: true)
             context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
             return
         }
-        context.write(
-            wrapOutboundOut(.headers(.init(headers: Self.headers(call.responseHeaders ?? [], status: true)))),
-            promise: nil)
-        for message in call.responses {
+        if !headersSent {
             context.write(
-                wrapOutboundOut(
-                    .data(
-                        .init(
-                            data: .byteBuffer(GRPCHTTP2Settings.framed(message.payload, compressed: message.compressed))
-                        ))),
+                wrapOutboundOut(.headers(.init(headers: Self.headers(call.responseHeaders ?? [], status: true)))),
                 promise: nil)
         }
+        for message in rest { writeMessage(message, context: context) }
         context.writeAndFlush(
             wrapOutboundOut(.headers(.init(headers: Self.headers(trailers, status: false), endStream: true))),
             promise: nil)
