@@ -182,7 +182,9 @@ def sc_bidi(stub, md, args):
         for rep in c:
             r.reply(rep)
             i = r.replies.count
-            q.put(r.request(pb.EchoRequest(payload=payload(1 * KiB, i))) if i < n else None)
+            # --bidi-diverge-at K: request message K (from 0) differs from the usual one (a stand-in test).
+            seed = i + 1000 if i == args.bidi_diverge_at else i
+            q.put(r.request(pb.EchoRequest(payload=payload(1 * KiB, seed))) if i < n else None)
 
     try:
         stream_call(r, call, consume)
@@ -281,6 +283,8 @@ def main():
     peerlib.add_client_args(ap)
     ap.add_argument("--scenario", required=True, choices=sorted(SCENARIOS) + sorted(EXTRA_SCENARIOS) + ["all"])
     ap.add_argument("--count", type=int, default=1, help="repeat N times (one line per run)")
+    ap.add_argument("--bidi-diverge-at", type=int, default=-1,
+                    help="bidi: make request message K (from 0) differ from the usual one")
     args = ap.parse_args()
 
     md = peerlib.client_metadata(args)

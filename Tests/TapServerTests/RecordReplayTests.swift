@@ -432,6 +432,22 @@ extension RecordReplayTests {
             let served = try await run("unix:" + dir.file("serve.sock"), scenario)
             #expect(served.stdout == direct[scenario], "\(scenario): \(served.stderr)")
         }
+        // A ping-pong client that leaves the recording at its fourth message: three answers, then UNIMPLEMENTED
+        // saying where.
+        let diverging = try await runCommand(
+            Peers.python,
+            [
+                Peers.script("echo_client.py"), "--target", "unix:" + dir.file("serve.sock"), "--scenario", "bidi",
+                "--bidi-diverge-at", "3",
+            ])
+        #expect(diverging.status != 0)
+        let out = try JSONSerialization.jsonObject(with: Data(diverging.stdout.utf8)) as? [String: Any]
+        #expect(out?["status"] as? String == "UNIMPLEMENTED", "\(diverging.stdout)")
+        #expect(out?["replies"] as? Int == 3, "\(diverging.stdout)")
+        #expect(
+            (out?["details"] as? String)?.contains(
+                "the request of /taptest.Echo/Bidi left the recorded call after 4 message(s) (the recording has 50)")
+                == true, "\(diverging.stdout)")
     }
 }
 
