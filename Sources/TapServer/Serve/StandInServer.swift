@@ -292,13 +292,19 @@ final class StandInStreamHandler: ChannelInboundHandler {
             "gitaly-tap serve: the request of \(call.path) left the recorded call after \(got) message(s) "
             + "(the recording has \(call.requests.count)); answers already sent were the recorded ones"
         logger.info("request differs from the recorded call", metadata: ["path": "\(call.path)"])
-        if sentResponses == 0 {
-            writeStatusOnly(context: context, code: 12, message: message)
-        } else {
-            let trailers = HPACKHeaders([("grpc-status", "12"), ("grpc-message", Self.percentEncode(message))])
-            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
-            answered = true
+        end(code: 12, message: message, context: context)
+    }
+
+    /// Ends the call with a status of the stand-in's own: Trailers-Only when nothing was sent yet, else trailers
+    /// after the responses already sent.
+    private func end(code: Int, message: String, context: ChannelHandlerContext) {
+        guard sentResponses > 0 else {
+            writeStatusOnly(context: context, code: code, message: message)
+            return
         }
+        answered = true
+        let trailers = HPACKHeaders([("grpc-status", "\(code)"), ("grpc-message", Self.percentEncode(message))])
+        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -332,13 +338,7 @@ final class StandInStreamHandler: ChannelInboundHandler {
         let message =
             "gitaly-tap serve: recorded response message \(cut) of \(call.path) was cut at the recording cap "
             + "(\(m.payload.readableBytes) of \(m.length) bytes stored)"
-        if sentResponses == 0 {
-            writeStatusOnly(context: context, code: 15, message: message)
-        } else {
-            let trailers = HPACKHeaders([("grpc-status", "15"), ("grpc-message", Self.percentEncode(message))])
-            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
-            answered = true
-        }
+        end(code: 15, message: message, context: context)
     }
 
     /// Plays the recorded answer from where it stands (`sentResponses` messages, and the headers when any, already
@@ -363,14 +363,11 @@ final class StandInStreamHandler: ChannelInboundHandler {
             } else if case .reset(let by, let code)? = call.end, by == .serverToClient {
                 context.writeAndFlush(wrapOutboundOut(.rstStream(HTTP2ErrorCode(networkCode: Int(code)))), promise: nil)
             } else {
-                let message =
-                    "gitaly-tap serve: the recorded call of \(call.path) ended without a status (\(SessionReport.endName(call.end)))"
-                if headersSent {
-                    let fields = HPACKHeaders([("grpc-status", "14"), ("grpc-message", Self.percentEncode(message))])
-                    context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: fields, endStream: true))), promise: nil)
-                } else {
-                    writeStatusOnly(context: context, code: 14, message: message)
-                }
+                end(
+                    code: 14,
+                    message:
+                        "gitaly-tap serve: the recorded call of \(call.path) ended without a status (\(SessionReport.endName(call.end)))",
+                    context: context)
             }
             return
         }
