@@ -1,5 +1,6 @@
 import ArgumentParser
 import NIOPosix
+import Synchronization
 import TapRecord
 import TapServer
 
@@ -84,6 +85,9 @@ struct Replay: AsyncParsableCommand {
     @Option(help: "Seconds a call may take before it is abandoned and reported.")
     var callTimeout: Int = 120
 
+    @Option(help: "Seconds between progress lines on standard error while calls are answered (0: none).")
+    var progress: Int = 5
+
     @Option(help: "CA bundle (PEM) that a tls:// --target certificate must chain to (default: the system store).")
     var tlsCa: String?
 
@@ -114,7 +118,9 @@ struct Replay: AsyncParsableCommand {
             guard !secret.isEmpty else { throw fail("--token-file: \(tokenFile) is empty") }
             options.token = GitalyToken(secret: secret)
         }
+        guard progress >= 0 else { throw fail("--progress must be 0 (off) or a number of seconds") }
         let session = try loadRecording(file)
+        if progress > 0 { options.onAnswer = Self.progressLines(every: .seconds(progress)) }
         let group = MultiThreadedEventLoopGroup.singleton
         let outcomes: [ReplayOutcome]
         do {
@@ -125,6 +131,28 @@ struct Replay: AsyncParsableCommand {
         writeStdout(
             ReplayReport.text(outcomes, file: file, target: target, rate: options.rate, concurrency: concurrency))
         if !ReplayReport.allMatched(outcomes) { throw ExitCode(1) }
+    }
+}
+
+extension Replay {
+    /// A progress line on standard error at most every `interval` (and for the last answer), e.g.
+    /// `replay: 120 of 3400 calls answered (3 %), 65 s`.
+    static func progressLines(every interval: Duration) -> @Sendable (Int, Int) -> Void {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let last = Mutex(start)
+        return { answered, toSend in
+            let now = clock.now
+            let due = last.withLock { last -> Bool in
+                guard now - last >= interval || answered == toSend else { return false }
+                last = now
+                return true
+            }
+            guard due else { return }
+            let percent = toSend > 0 ? answered * 100 / toSend : 100
+            let seconds = (now - start).components.seconds
+            FileHandleStderr.write("replay: \(answered) of \(toSend) calls answered (\(percent) %), \(seconds) s\n")
+        }
     }
 }
 

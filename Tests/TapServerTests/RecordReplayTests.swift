@@ -615,10 +615,21 @@ extension RecordReplayTests {
         defer { observer.stop() }
         let rates = [0.5, 2.0]
         for rate in rates {
+            // Progress lines on standard error: every second at rate 0.5 (always one for the last answer), none at 2.
+            let progress = rate < 1 ? "1" : "0"
             let replay = try await Self.tap([
                 "replay", recording, "--target", "unix:" + dir.file("observer.sock"), "--rate", "\(rate)",
+                "--progress", progress,
             ])
             #expect(replay.status == 0, "\(replay.stdout)\n\(replay.stderr)")
+            let lines = replay.stderr.split(separator: "\n").filter { $0.hasPrefix("replay: ") }
+            if progress == "0" {
+                #expect(lines.isEmpty, "\(replay.stderr)")
+            } else {
+                #expect(lines.last?.hasPrefix("replay: \(names.count) of \(names.count) calls answered (100 %), ") == true,
+                    "\(replay.stderr)")
+                #expect(!replay.stdout.contains("calls answered"), "progress stays off the report")
+            }
             #expect(replay.stdout.contains("(recorded pace ×\(rate), concurrency 16)"), "\(replay.stdout)")
             #expect(replay.stdout.contains("result: all \(names.count) calls matched"), "\(replay.stdout)")
         }

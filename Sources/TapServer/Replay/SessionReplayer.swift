@@ -21,6 +21,9 @@ public struct ReplayOptions: Sendable {
     public var callTimeout: TimeAmount = .seconds(120)
     /// For a `tls://` target: the CA to verify its certificate with (`upstreamCAPath`) and the name to expect.
     public var tls = TLSSettings()
+    /// Called after each answer with the number of calls answered so far and the number to send (skipped calls
+    /// are not counted), for progress lines on long replays.
+    public var onAnswer: (@Sendable (_ answered: Int, _ toSend: Int) -> Void)?
 
     public init(target: TapAddress) {
         self.target = target
@@ -67,12 +70,16 @@ public enum SessionReplayer {
         let origin = calls.first?.startTime ?? 0
         let clock = ContinuousClock()
         let start = clock.now
+        let toSend = outcomes.count { $0.skipped == nil }
+        var answered = 0
         try await withThrowingTaskGroup(of: (Int, ReplayAnswer).self) { tasks in
             var running = 0
             for i in outcomes.indices where outcomes[i].skipped == nil {
                 if running >= max(1, options.concurrency), let (j, answer) = try await tasks.next() {
                     outcomes[j].answer = answer
                     running -= 1
+                    answered += 1
+                    options.onAnswer?(answered, toSend)
                 }
                 let call = outcomes[i].call
                 if let rate = options.rate, rate > 0 {
@@ -92,7 +99,11 @@ public enum SessionReplayer {
                 try? await written.futureResult.get()
                 running += 1
             }
-            for try await (j, answer) in tasks { outcomes[j].answer = answer }
+            for try await (j, answer) in tasks {
+                outcomes[j].answer = answer
+                answered += 1
+                options.onAnswer?(answered, toSend)
+            }
         }
         for i in outcomes.indices {
             if let answer = outcomes[i].answer {
