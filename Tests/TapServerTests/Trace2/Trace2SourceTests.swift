@@ -27,6 +27,15 @@ struct Trace2SourceTests {
 
     static let burst = 1000
 
+    /// Trace2 options watching a new directory `name` in `dir`, and that directory's path.
+    static func watching(_ dir: TempDir, _ name: String) throws -> (Trace2Options, String) {
+        let path = dir.file(name)
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+        var options = Trace2Options()
+        options.directories = [path]
+        return (options, path)
+    }
+
     @Test("1000 short git processes on the stream socket: every process arrives, no connection is left open")
     func socketBurst() async throws {
         let dir = try TempDir()
@@ -69,10 +78,7 @@ struct Trace2SourceTests {
     func directoryBurst() async throws {
         let dir = try TempDir()
         defer { dir.cleanup() }
-        let target = dir.file("trace2")
-        try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: false)
-        var options = Trace2Options()
-        options.directories = [target]
+        let (options, target) = try Self.watching(dir, "trace2")
         let before = openDescriptorCount()
         let (sink, watcher) = try await Trace2Harness.with(trace2: options) { h in
             let result = try await runCommand(
@@ -101,10 +107,7 @@ struct Trace2SourceTests {
     func gitalyTempFiles() async throws {
         let dir = try TempDir()
         defer { dir.cleanup() }
-        let tmp = dir.file("gitaly-tmp")
-        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-        var options = Trace2Options()
-        options.directories = [tmp]
+        let (options, tmp) = try Self.watching(dir, "gitaly-tmp")
         let count = Self.burst
         let sink = try await Trace2Harness.with(trace2: options) { h in
             // What Gitaly does per command: create the file, run git with it as the target, delete it.
@@ -223,10 +226,7 @@ struct Trace2SourceTests {
     func idleFileFinished() async throws {
         let dir = try TempDir()
         defer { dir.cleanup() }
-        let tmp = dir.file("gitaly-tmp")
-        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: false)
-        var options = Trace2Options()
-        options.directories = [tmp]
+        var (options, tmp) = try Self.watching(dir, "gitaly-tmp")
         options.fileIdleTimeout = .seconds(1)  // 600 s in production
         let sid = "20260101T000000.000000Z-H00000000-P00005678"
         let sink = try await Trace2Harness.with(trace2: options) { h in
