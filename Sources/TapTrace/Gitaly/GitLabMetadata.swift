@@ -54,12 +54,15 @@ public enum GitLabMetadata {
 
     /// Span attributes from request metadata.
     ///
-    /// - Parameter metadata: request metadata in arrival order, names already lower-case.
+    /// - Parameters:
+    ///   - metadata: request metadata in arrival order, names already lower-case.
+    ///   - capacity: room to reserve for attributes in all, for a caller that adds its own after these.
     /// - Returns: one attribute per non-empty known key; the first value of a repeated key wins. Feature flags whose
     ///   value is not `true`/`false` (any case) are skipped; a `gitaly-sidechannel-id` that is not a decimal
     ///   int64 is skipped rather than logged as a string, so the attribute keeps one type.
-    public static func attributes(from metadata: [(name: String, value: String)]) -> SpanAttributes {
+    public static func attributes(from metadata: [(name: String, value: String)], capacity: Int = 0) -> SpanAttributes {
         var attributes: SpanAttributes = [:]
+        attributes.reserveCapacity(max(capacity, metadata.count))
         var rawClientName: String?
         var enabled: Set<String> = []
         var disabled: Set<String> = []

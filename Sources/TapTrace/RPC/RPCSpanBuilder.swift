@@ -19,8 +19,8 @@ public struct RPCSpanBuilder: Sendable {
     ) -> Span {
         let metadata = record.requestMetadata.map { (name: $0.name, value: $0.value) }
         let extraction = TraceContextExtractor.extract(from: metadata)
-        var attributes = GitLabMetadata.attributes(from: metadata)
-        attributes.reserveCapacity(attributes.count + 24)  // one allocation instead of growing step by step
+        // One allocation for the metadata's attributes and the builder's own (up to about 30 with a sidechannel).
+        var attributes = GitLabMetadata.attributes(from: metadata, capacity: metadata.count + 32)
 
         attributes.append("rpc.system", .string("grpc"))
         let serviceAndMethod = record.serviceAndMethod

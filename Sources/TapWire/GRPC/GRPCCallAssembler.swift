@@ -92,6 +92,7 @@ public struct GRPCCallAssembler: Sendable {
                 throw WireDecodingError("more than \(limits.maxOpenCalls) calls open at once")
             }
             var record = GRPCCallRecord(streamID: streamID, path: headers.first(name: ":path") ?? "", startTime: time)
+            record.requestMetadata.reserveCapacity(headers.count)  // one allocation, not one per doubling
             for (rawName, value, _) in headers {
                 // HTTP/2 requires lower-case names, but a peer may send otherwise; never let a secret slip by case.
                 let name = rawName.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? rawName.lowercased() : rawName
@@ -298,6 +299,7 @@ public struct GRPCCallAssembler: Sendable {
 
     private static func metadata(_ headers: HPACKHeaders) -> [HeaderField] {
         var fields: [HeaderField] = []
+        fields.reserveCapacity(headers.count)
         for (name, value, _) in headers where !name.hasPrefix(":") {
             fields.append(HeaderField(name: name, value: value))
         }
