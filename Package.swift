@@ -71,7 +71,7 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "TapTraceTests", dependencies: ["TapTrace"], exclude: ["Fixtures"]),
-        .testTarget(name: "TapRecordTests", dependencies: ["TapRecord", "TapWire"]),
+        .testTarget(name: "TapRecordTests", dependencies: ["TapRecord", "TapWire", "CTapSupport"]),
         .testTarget(
             name: "TapServerTests",
             dependencies: [

@@ -1,3 +1,4 @@
+import CTapSupport
 import NIOCore
 
 #if canImport(Glibc)
@@ -17,12 +18,29 @@ public struct RecordingWriteError: Error, CustomStringConvertible, Sendable {
 /// Not thread-safe: one writer thread owns it. Every file is created with mode 0600 and starts with the file
 /// header and a segment record. Records are buffered and written in blocks; `flush()` pushes them to the kernel.
 /// A write error is thrown once and the writer refuses further work (`isStopped`).
+///
+/// With `directIO` (the default) whole blocks bypass the page cache (`O_DIRECT`): during a burst the kernel then
+/// neither copies every byte into its cache nor writes dirty pages back on the machine's CPUs, and a recording of
+/// heavy traffic does not evict the repositories Gitaly reads from memory. Direct writes must start and end on
+/// `directAlignment`; the short tail a `flush()` leaves goes through the page cache, stays buffered, and is written
+/// again (directly, as part of its whole block) once the block fills. Where the file system refuses `O_DIRECT`
+/// (tmpfs) every write is buffered.
 public final class RecordingWriter {
     /// The first file's path; later files append `.N`.
     public let path: String
     public let limits: RecordingLimits
     private var info: SegmentInfo
     private var fd: Int32 = -1
+    /// The same file opened with `O_DIRECT`, or -1.
+    private var directFD: Int32 = -1
+    /// Whether files are opened for direct I/O at all.
+    private let directIO: Bool
+    /// Aligned memory whole blocks are copied into for a direct write (allocated at the first one).
+    private var alignedBlock: UnsafeMutableRawPointer?
+    /// The file offset of `buffer`'s first readable byte when writing directly (always aligned then).
+    private var bufferOffset: UInt64 = 0
+    /// Bytes at the start of `buffer` already written through the page cache by an earlier flush of the tail.
+    private var tailWritten = 0
     private var buffer = ByteBuffer()
     private var bytesInFile: UInt64 = 0
     /// The largest record (by `encodedSizeEstimate`) that fits in a file next to its opening and closing records.
@@ -33,21 +51,28 @@ public final class RecordingWriter {
     public private(set) var isStopped = false
     /// Records written (all files).
     public private(set) var recordCount = 0
+    /// True while whole blocks go to the file with `O_DIRECT`.
+    public var isWritingDirectly: Bool { directFD >= 0 }
     private let clock: @Sendable () -> UInt64
 
     /// Creates (or truncates) `path` with mode 0600 and writes its header.
     ///
+    /// - Parameters:
+    ///   - directIO: write whole blocks with `O_DIRECT` where the file system allows it.
+    ///   - sessionID: the recording's 16-byte id; random when nil (a fixed one makes two recordings comparable).
     /// - Throws: `RecordingWriteError` naming the file and the system's reason.
     public init(
         path: String, limits: RecordingLimits, listen: String, upstream: String, toolVersion: String,
-        clock: @escaping @Sendable () -> UInt64
+        directIO: Bool = true, sessionID: [UInt8]? = nil, clock: @escaping @Sendable () -> UInt64
     ) throws(RecordingWriteError) {
         self.path = path
         self.limits = limits
         self.clock = clock
+        self.directIO = directIO
         var id = [UInt8](repeating: 0, count: 16)
         var generator = SystemRandomNumberGenerator()
         for i in id.indices { id[i] = UInt8.random(in: 0...255, using: &generator) }
+        if let sessionID, sessionID.count == 16 { id = sessionID }
         self.info = SegmentInfo(
             sessionID: id, index: 0, createdTime: clock(), toolVersion: toolVersion, listen: listen, upstream: upstream,
             maxMessageBytes: UInt64(limits.maxMessageBytes), maxFileBytes: limits.maxFileBytes,
@@ -56,7 +81,8 @@ public final class RecordingWriter {
     }
 
     deinit {
-        if fd >= 0 { close(fd) }
+        closeFile()
+        alignedBlock?.deallocate()
     }
 
     /// The name of file number `index` of the recording at `path`.
@@ -74,8 +100,14 @@ public final class RecordingWriter {
             throw RecordingWriteError("cannot restrict recording \(file) to mode 0600: \(reason)")
         }
         fd = opened
+        if directIO {
+            // Refused (EINVAL) by file systems without direct I/O: everything then goes through the page cache.
+            directFD = tap_open_direct_for_writing(file)
+        }
         files.append(file)
         bytesInFile = 0
+        bufferOffset = 0
+        tailWritten = 0
         buffer.clear()
         buffer.writeBytes(RecordFormat.fileHeader)
         bytesInFile = UInt64(RecordFormat.fileHeaderSize)
@@ -138,11 +170,17 @@ public final class RecordingWriter {
             guard !isStopped else { return }
         }
         appendRaw(record)
-        if buffer.readableBytes >= 1 << 20 { try flush(wholeBlocksOnly: true) }
+        if buffer.readableBytes >= (directFD >= 0 ? Self.directBlockSize : 1 << 20) {
+            try flush(wholeBlocksOnly: true)
+        }
     }
 
-    /// Bytes per `write(2)`.
+    /// Bytes per `write(2)` through the page cache.
     public static let blockSize = 64 * 1024
+    /// The most bytes per direct write, and the buffered bytes that start one during a burst.
+    public static let directBlockSize = 4 << 20
+    /// Offsets and lengths of direct writes are multiples of this (a page: at least any disk's logical block).
+    public static let directAlignment = 4096
 
     /// Sleeps this long before each block: a slow disk, for tests of what happens then.
     public var blockDelay: Duration?
@@ -174,6 +212,7 @@ public final class RecordingWriter {
     /// record can then be half in the file, which a reader detects as a torn tail should the process die there.
     public func flush(wholeBlocksOnly: Bool = false) throws(RecordingWriteError) {
         guard fd >= 0, buffer.readableBytes > 0 else { return }
+        if directFD >= 0 { return try flushDirectly(wholeBlocksOnly: wholeBlocksOnly) }
         let total = wholeBlocksOnly ? buffer.readableBytes / Self.blockSize * Self.blockSize : buffer.readableBytes
         guard total > 0 else { return }
         let delay = blockDelay
@@ -192,11 +231,74 @@ public final class RecordingWriter {
         }
         buffer.moveReaderIndex(forwardBy: total)
         if buffer.readableBytes == 0 { buffer.clear() } else { buffer.discardReadBytes() }
-        if let failure {
-            closeFile()
-            isStopped = true
-            throw RecordingWriteError("cannot write recording \(files.last ?? path): \(failure)")
+        if let failure { try fail(failure) }
+    }
+
+    private func fail(_ reason: String) throws(RecordingWriteError) -> Never {
+        closeFile()
+        isStopped = true
+        throw RecordingWriteError("cannot write recording \(files.last ?? path): \(reason)")
+    }
+
+    /// `flush` while the file is open for direct I/O: aligned whole blocks directly, the tail (unless
+    /// `wholeBlocksOnly`) through the page cache at its offset, kept buffered to be written again with its block.
+    private func flushDirectly(wholeBlocksOnly: Bool) throws(RecordingWriteError) {
+        let whole = buffer.readableBytes / Self.directAlignment * Self.directAlignment
+        if whole > 0 {
+            if alignedBlock == nil {
+                alignedBlock = UnsafeMutableRawPointer.allocate(
+                    byteCount: Self.directBlockSize, alignment: Self.directAlignment)
+            }
+            let block = alignedBlock!
+            var done = 0
+            while done < whole {
+                let length = min(Self.directBlockSize, whole - done)
+                buffer.withUnsafeReadableBytes { raw in
+                    block.copyMemory(from: raw.baseAddress! + done, byteCount: length)
+                }
+                if let delay = blockDelay { Self.sleep(delay) }
+                let n = pwrite(directFD, block, length, off_t(bufferOffset) + off_t(done))
+                if n < 0, errno == EINTR { continue }
+                if n < 0, errno == EINVAL, done == 0 {
+                    // The file system accepted O_DIRECT at open but not this write: go on through the page cache.
+                    close(directFD)
+                    directFD = -1
+                    return try flushBuffered(from: bufferOffset, wholeBlocksOnly: wholeBlocksOnly)
+                }
+                if n < 0 { try fail(Self.errnoText()) }
+                // A short direct write (a full disk) cannot be continued at an unaligned offset.
+                guard n == length else { try fail("short write (\(n) of \(length) bytes): is the disk full?") }
+                done += length
+            }
+            buffer.moveReaderIndex(forwardBy: whole)
+            bufferOffset += UInt64(whole)
+            tailWritten = max(0, tailWritten - whole)
         }
+        if !wholeBlocksOnly, buffer.readableBytes > tailWritten {
+            let failure: String? = buffer.withUnsafeReadableBytes { raw in
+                var offset = tailWritten
+                while offset < raw.count {
+                    let n = pwrite(fd, raw.baseAddress! + offset, raw.count - offset, off_t(bufferOffset) + off_t(offset))
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        return Self.errnoText()
+                    }
+                    offset += n
+                }
+                return nil
+            }
+            if let failure { try fail(failure) }
+            tailWritten = buffer.readableBytes
+        }
+        if buffer.readableBytes == 0 { buffer.clear() } else if whole > 0 { buffer.discardReadBytes() }
+    }
+
+    /// After direct I/O was refused mid-file: writes what is buffered through the page cache at its offset, and
+    /// moves the ordinary descriptor's position there for the writes that follow.
+    private func flushBuffered(from offset: UInt64, wholeBlocksOnly: Bool) throws(RecordingWriteError) {
+        guard lseek(fd, off_t(offset), SEEK_SET) >= 0 else { try fail(Self.errnoText()) }
+        tailWritten = 0
+        try flush(wholeBlocksOnly: wholeBlocksOnly)
     }
 
     /// Writes `notice` (if any) and the end marker, flushes and closes the file.
@@ -219,7 +321,9 @@ public final class RecordingWriter {
 
     private func closeFile() {
         if fd >= 0 { close(fd) }
+        if directFD >= 0 { close(directFD) }
         fd = -1
+        directFD = -1
     }
 
     private static func sleep(_ delay: Duration) {
