@@ -7,18 +7,8 @@
 
 int tap_release_free_memory(void) { return malloc_trim(0); }
 
-void tap_keep_freed_memory(size_t mmap_threshold, size_t trim_threshold) {
-    mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
-    mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
-}
-
 #else
 
 int tap_release_free_memory(void) { return 0; }
-
-void tap_keep_freed_memory(size_t mmap_threshold, size_t trim_threshold) {
-    (void)mmap_threshold;
-    (void)trim_threshold;
-}
 
 #endif

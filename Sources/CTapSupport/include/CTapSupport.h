@@ -16,12 +16,6 @@ uint32_t tap_crc32_fold(uint32_t state, const uint8_t *bytes, size_t length);
 /// released.
 int tap_release_free_memory(void);
 
-/// Makes glibc keep freed memory for reuse instead of returning it to the system after every free: blocks below
-/// `mmap_threshold` come from the heap, and the heap is trimmed only past `trim_threshold` (or by
-/// tap_release_free_memory). A process that frees and reallocates large blocks at a high rate then stops paying a
-/// page fault and a page clearing per 4 KiB. A no-op elsewhere.
-void tap_keep_freed_memory(size_t mmap_threshold, size_t trim_threshold);
-
 /// Opens an existing file for writing with O_DIRECT (no page cache): returns the descriptor, or -1 with errno set
 /// (EINVAL where the file system does not support direct I/O, such as tmpfs).
 int tap_open_direct_for_writing(const char *path);

@@ -134,6 +134,36 @@ extension SessionRecord {
         out.writeInteger(crc)
     }
 
+    /// The record framed as `encode(into:)` frames it, in parts, for a writer that copies the payload straight to
+    /// its own memory: for a message or sidechannel data record, writes the length (which counts the payload), the
+    /// type and the body up to the payload into `head` and returns the payload; the CRC-32 that ends the record must
+    /// then cover `head`'s new bytes and the payload. Other records: writes nothing and returns nil.
+    public func encodeHead(into head: inout ByteBuffer) -> ByteBuffer? {
+        let payload: ByteBuffer
+        switch self {
+        case .message(_, _, _, _, _, let p), .sidechannelData(_, _, _, let p): payload = p
+        default: return nil
+        }
+        let start = head.writerIndex
+        head.writeInteger(UInt32(0))
+        head.writeInteger(type)
+        switch self {
+        case .message(let call, let time, let direction, let compressed, let length, _):
+            head.writeInteger(call)
+            head.writeInteger(time)
+            head.writeInteger(direction.byte)
+            head.writeInteger(UInt8(compressed ? 1 : 0))
+            head.writeInteger(length)
+        case .sidechannelData(let sidechannel, let time, let direction, _):
+            head.writeInteger(sidechannel)
+            head.writeInteger(time)
+            head.writeInteger(direction.byte)
+        default: break
+        }
+        head.setInteger(UInt32(head.writerIndex - start - 4 + payload.readableBytes), at: start)
+        return payload
+    }
+
     /// The framed record on its own.
     public var encoded: ByteBuffer {
         var out = ByteBuffer()

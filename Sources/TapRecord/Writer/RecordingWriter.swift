@@ -35,13 +35,14 @@ public final class RecordingWriter {
     private var directFD: Int32 = -1
     /// Whether files are opened for direct I/O at all.
     private let directIO: Bool
-    /// Aligned memory whole blocks are copied into for a direct write (allocated at the first one).
-    private var alignedBlock: UnsafeMutableRawPointer?
-    /// The file offset of `buffer`'s first readable byte when writing directly (always aligned then).
+    /// The file offset of the first pending byte when writing directly (always aligned then).
     private var bufferOffset: UInt64 = 0
-    /// Bytes at the start of `buffer` already written through the page cache by an earlier flush of the tail.
+    /// Pending bytes already written through the page cache by an earlier flush of the tail.
     private var tailWritten = 0
-    private var buffer = ByteBuffer()
+    /// Encoded records not yet written.
+    private let pending = PendingBytes(capacity: 1 << 20, alignment: RecordingWriter.directAlignment)
+    /// A record's framing (or a whole small record) before it joins `pending`.
+    private var scratch = ByteBuffer()
     private var bytesInFile: UInt64 = 0
     /// The largest record (by `encodedSizeEstimate`) that fits in a file next to its opening and closing records.
     private var recordRoom = Int.max
@@ -82,7 +83,6 @@ public final class RecordingWriter {
 
     deinit {
         closeFile()
-        alignedBlock?.deallocate()
     }
 
     /// The name of file number `index` of the recording at `path`.
@@ -108,17 +108,28 @@ public final class RecordingWriter {
         bytesInFile = 0
         bufferOffset = 0
         tailWritten = 0
-        buffer.clear()
-        buffer.writeBytes(RecordFormat.fileHeader)
+        pending.removeAll()
+        RecordFormat.fileHeader.withUnsafeBytes { pending.append($0) }
         bytesInFile = UInt64(RecordFormat.fileHeaderSize)
         appendRaw(.segment(info))
         recordRoom = Int(clamping: limits.maxFileBytes) - Int(bytesInFile) - Int(Self.closingReserve)
     }
 
     private func appendRaw(_ record: SessionRecord) {
-        let before = buffer.writerIndex
-        record.encode(into: &buffer)
-        bytesInFile += UInt64(buffer.writerIndex - before)
+        let before = pending.count
+        scratch.clear()
+        if let payload = record.encodeHead(into: &scratch) {
+            // The payload is copied once, from the connection's buffer to the pending bytes.
+            var crc = scratch.withUnsafeReadableBytes { CRC32.update(0, $0) }
+            crc = payload.withUnsafeReadableBytes { CRC32.update(crc, $0) }
+            pending.append(scratch)
+            pending.append(payload)
+            pending.appendBigEndian(crc)
+        } else {
+            record.encode(into: &scratch)
+            pending.append(scratch)
+        }
+        bytesInFile += UInt64(pending.count - before)
         recordCount += 1
     }
 
@@ -170,7 +181,7 @@ public final class RecordingWriter {
             guard !isStopped else { return }
         }
         appendRaw(record)
-        if buffer.readableBytes >= (directFD >= 0 ? Self.directBlockSize : 1 << 20) {
+        if pending.count >= (directFD >= 0 ? Self.directBlockSize : 1 << 20) {
             try flush(wholeBlocksOnly: true)
         }
     }
@@ -211,27 +222,33 @@ public final class RecordingWriter {
     /// With `wholeBlocksOnly` (during a burst) the bytes short of a whole block stay buffered for the next call; a
     /// record can then be half in the file, which a reader detects as a torn tail should the process die there.
     public func flush(wholeBlocksOnly: Bool = false) throws(RecordingWriteError) {
-        guard fd >= 0, buffer.readableBytes > 0 else { return }
+        guard fd >= 0, pending.count > 0 else { return }
         if directFD >= 0 { return try flushDirectly(wholeBlocksOnly: wholeBlocksOnly) }
-        let total = wholeBlocksOnly ? buffer.readableBytes / Self.blockSize * Self.blockSize : buffer.readableBytes
+        let total = wholeBlocksOnly ? pending.count / Self.blockSize * Self.blockSize : pending.count
         guard total > 0 else { return }
-        let delay = blockDelay
-        let failure: String? = buffer.withUnsafeReadableBytes { raw in
-            var offset = 0
-            while offset < total {
-                if let delay { Self.sleep(delay) }
-                let n = write(fd, raw.baseAddress! + offset, min(Self.blockSize, total - offset))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return Self.errnoText()
-                }
-                offset += n
-            }
-            return nil
-        }
-        buffer.moveReaderIndex(forwardBy: total)
-        if buffer.readableBytes == 0 { buffer.clear() } else { buffer.discardReadBytes() }
+        let failure = writeOut(fd, pending.bytes[0..<total], at: nil, delay: blockDelay)
+        pending.removeFirst(total)
         if let failure { try fail(failure) }
+    }
+
+    /// Writes `bytes` to `descriptor` in blocks of `blockSize`, at `offset` (`pwrite`) or at the file position,
+    /// sleeping `delay` before each block; returns the system's reason when a write fails.
+    private func writeOut(
+        _ descriptor: Int32, _ bytes: Slice<UnsafeRawBufferPointer>, at offset: off_t?, delay: Duration?
+    ) -> String? {
+        var done = 0
+        while done < bytes.count {
+            if let delay { Self.sleep(delay) }
+            let start = bytes.base.baseAddress! + bytes.startIndex + done
+            let length = min(Self.blockSize, bytes.count - done)
+            let n = offset.map { pwrite(descriptor, start, length, $0 + off_t(done)) } ?? write(descriptor, start, length)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return Self.errnoText()
+            }
+            done += n
+        }
+        return nil
     }
 
     private func fail(_ reason: String) throws(RecordingWriteError) -> Never {
@@ -243,21 +260,14 @@ public final class RecordingWriter {
     /// `flush` while the file is open for direct I/O: aligned whole blocks directly, the tail (unless
     /// `wholeBlocksOnly`) through the page cache at its offset, kept buffered to be written again with its block.
     private func flushDirectly(wholeBlocksOnly: Bool) throws(RecordingWriteError) {
-        let whole = buffer.readableBytes / Self.directAlignment * Self.directAlignment
+        let whole = pending.count / Self.directAlignment * Self.directAlignment
         if whole > 0 {
-            if alignedBlock == nil {
-                alignedBlock = UnsafeMutableRawPointer.allocate(
-                    byteCount: Self.directBlockSize, alignment: Self.directAlignment)
-            }
-            let block = alignedBlock!
             var done = 0
             while done < whole {
                 let length = min(Self.directBlockSize, whole - done)
-                buffer.withUnsafeReadableBytes { raw in
-                    block.copyMemory(from: raw.baseAddress! + done, byteCount: length)
-                }
                 if let delay = blockDelay { Self.sleep(delay) }
-                let n = pwrite(directFD, block, length, off_t(bufferOffset) + off_t(done))
+                // Straight from the pending bytes: their start is aligned, and so is every block's.
+                let n = pwrite(directFD, pending.base + done, length, off_t(bufferOffset) + off_t(done))
                 if n < 0, errno == EINTR { continue }
                 if n < 0, errno == EINVAL, done == 0 {
                     // The file system accepted O_DIRECT at open but not this write: go on through the page cache.
@@ -270,27 +280,16 @@ public final class RecordingWriter {
                 guard n == length else { try fail("short write (\(n) of \(length) bytes): is the disk full?") }
                 done += length
             }
-            buffer.moveReaderIndex(forwardBy: whole)
+            pending.removeFirst(whole)
             bufferOffset += UInt64(whole)
             tailWritten = max(0, tailWritten - whole)
         }
-        if !wholeBlocksOnly, buffer.readableBytes > tailWritten {
-            let failure: String? = buffer.withUnsafeReadableBytes { raw in
-                var offset = tailWritten
-                while offset < raw.count {
-                    let n = pwrite(fd, raw.baseAddress! + offset, raw.count - offset, off_t(bufferOffset) + off_t(offset))
-                    if n < 0 {
-                        if errno == EINTR { continue }
-                        return Self.errnoText()
-                    }
-                    offset += n
-                }
-                return nil
-            }
+        if !wholeBlocksOnly, pending.count > tailWritten {
+            let failure = writeOut(
+                fd, pending.bytes[tailWritten...], at: off_t(bufferOffset) + off_t(tailWritten), delay: nil)
             if let failure { try fail(failure) }
-            tailWritten = buffer.readableBytes
+            tailWritten = pending.count
         }
-        if buffer.readableBytes == 0 { buffer.clear() } else if whole > 0 { buffer.discardReadBytes() }
     }
 
     /// After direct I/O was refused mid-file: writes what is buffered through the page cache at its offset, and
@@ -314,7 +313,7 @@ public final class RecordingWriter {
 
     /// Stops without an end marker (after a failure): what was written stays readable.
     public func abandon() {
-        buffer.clear()
+        pending.removeAll()
         closeFile()
         isStopped = true
     }

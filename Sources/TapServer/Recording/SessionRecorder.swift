@@ -82,11 +82,6 @@ public final class SessionRecorder: Sendable {
         // Past a file-size limit (RLIMIT_FSIZE) the kernel would kill the process with SIGXFSZ; ignored, the write
         // fails with EFBIG instead and only the recording stops, like on a full disk.
         signal(SIGXFSZ, SIG_IGN)
-        // Recording reassembles every message into a buffer of its own that the writer thread frees: with glibc's
-        // defaults the freed memory went back to the system and every new message paid a page fault and a page
-        // clearing per 4 KiB (11 % of the tap's CPU in a 1 GiB stream). Freed memory is now kept for reuse, and given
-        // back after a burst (`trimAfterBytes`).
-        tap_keep_freed_memory(Self.keepBlocksBelow, Self.trimPast)
         let direct = writer.isWritingDirectly
         output = Mutex(Output(writer: writer, encoder: EventEncoder(limits: options.limits)))
         pool = NIOThreadPool(numberOfThreads: 1)
@@ -159,11 +154,6 @@ public final class SessionRecorder: Sendable {
 
     /// Queued payload past which the writer returns freed memory to the system when it next goes idle.
     static let trimAfterBytes = 8 << 20
-    /// Blocks below this come from the heap rather than a mapping of their own (the largest gRPC message a
-    /// recording keeps whole is 4 MiB by default; above it the mapping's cost is small next to the copy).
-    static let keepBlocksBelow = 32 << 20
-    /// Freed heap memory past this goes back to the system by itself; below it only after a burst.
-    static let trimPast = 256 << 20
 
     /// Runs on the writer thread; only one drain runs at a time (`draining`).
     private func drain() {
