@@ -42,7 +42,7 @@ import Testing
 
     /// Records of every size: small control records, messages from empty to several direct blocks long.
     private static func records(count: Int, seed: UInt64) -> [SessionRecord] {
-        var rng = SplitMix(seed: seed)
+        var rng = Scramble(seed)
         var out: [SessionRecord] = []
         for i in 0..<count {
             let call = UInt64(i)
@@ -93,7 +93,7 @@ import Testing
         if Self.supportsDirectIO(dir.path) {
             #expect(direct.isWritingDirectly, "the file system takes O_DIRECT but the writer did not use it")
         }
-        var rng = SplitMix(seed: seed &* 977)
+        var rng = Scramble(seed &* 977)
         var flushes = 0
         for record in Self.records(count: 80, seed: seed) {
             try direct.append(record)
@@ -121,15 +121,14 @@ import Testing
     }
 }
 
-/// A small deterministic generator (SplitMix64), so a failing seed can be rerun.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
+/// Deterministic, well-spread numbers for sizes and flush points (a multiplicative hash of a counter), so a failing
+/// seed can be rerun.
+private struct Scramble {
+    private var counter: UInt64
+    init(_ seed: UInt64) { counter = seed << 32 }
     mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        counter &+= 1
+        let x = counter &* 0x9E37_79B9_7F4A_7C15
+        return x ^ (x >> 29)
     }
 }

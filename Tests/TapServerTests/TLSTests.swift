@@ -140,6 +140,102 @@ struct TLSTests {
         }
     }
 
+    @Test(
+        "a client that half-closes during its TLS handshake, while Gitaly's handshake is still running, neither crashes the tap nor stops it"
+    )
+    func halfCloseDuringUpstreamHandshake() async throws {
+        let dir = try TempDir()
+        defer { dir.cleanup() }
+        let port = try freeTCPPort()
+        // A TLS upstream that takes 1 s before its handshake, echoes, and never closes first (it holds each
+        // connection 15 s): the tap's close_notify to it stays unanswered past swift-nio-ssl's 5 s shutdown timeout.
+        let upstream = """
+            import socket, ssl, sys, threading, time
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+            srv = socket.socket()
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind(("127.0.0.1", int(sys.argv[1])))
+            srv.listen(16)
+            def serve(c):
+                time.sleep(1)
+                try:
+                    s = ctx.wrap_socket(c, server_side=True)
+                    while True:
+                        data = s.recv(65536)
+                        if not data: break
+                        s.sendall(data)
+                    s.sendall(b"<eof>")  # the client's half-close arrived
+                except Exception:
+                    pass
+                time.sleep(15)
+            while True:
+                c, _ = srv.accept()
+                threading.Thread(target=serve, args=(c,), daemon=True).start()
+            """
+        let server = try PeerProcess(
+            Peers.python, ["-c", upstream, String(port), Self.cert("server.pem"), Self.cert("server-key.pem")],
+            dir: dir, name: "slow-tls-upstream")
+        defer { server.stop() }
+        try await waitForTCP(port: port)
+        try await TapHarness.with(
+            listen: .tls(host: "127.0.0.1", port: 0), upstream: .tls(host: "localhost", port: port), tls: Self.tapTLS()
+        ) { tap in
+            let tapPort = String(tap.address.split(separator: ":").last!)
+            // Connect and half-close before saying anything: the tap's TLS handshake with the client fails on the
+            // EOF while its handshake with the upstream is still waiting. Before the fix, the half-close then the
+            // close passed on to the upstream side left a shutdown timer armed that trapped 5 s later.
+            let halfClose = """
+                import socket, sys
+                for _ in range(3):
+                    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+                    s.shutdown(socket.SHUT_WR)
+                    s.settimeout(20)
+                    while s.recv(65536): pass
+                    s.close()
+                print("closed")
+                """
+            let first = try await runCommand(Peers.python, ["-c", halfClose, tapPort])
+            #expect(first.stdout.contains("closed"), "\(first.stdout) \(first.stderr)")
+            // Past the 5 s timeout, plus the upstream's 1 s: the process is still here (a trap would end it) and
+            // still forwards over TLS both ways.
+            try await Task.sleep(for: .seconds(8))
+            #expect(tap.proxy.isListening)
+            let echo = """
+                import socket, ssl, sys
+                ctx = ssl.create_default_context(cafile=sys.argv[1])
+                s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[2]))), server_hostname="localhost")
+                s.sendall(b"ping")
+                s.settimeout(20)
+                print("echoed" if s.recv(4) == b"ping" else "differ")
+                """
+            let second = try await runCommand(Peers.python, ["-c", echo, Self.cert("ca.pem"), tapPort])
+            #expect(second.stdout.contains("echoed"), "\(second.stdout) \(second.stderr)")
+        }
+        // A plaintext client half-closing while the tap's handshake with Gitaly runs: the half-close now waits for
+        // the handshake, and then reaches Gitaly after the bytes.
+        try await TapHarness.with(
+            listen: .unix(path: dir.file("tap.sock")), upstream: .tls(host: "localhost", port: port), tls: Self.tapTLS()
+        ) { tap in
+            let halfClose = """
+                import socket, sys
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(sys.argv[1])
+                s.sendall(b"ping")
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(20)
+                got = b""
+                while not got.endswith(b"<eof>"):
+                    chunk = s.recv(65536)
+                    if not chunk: break
+                    got += chunk
+                print(got.decode())
+                """
+            let result = try await runCommand(Peers.python, ["-c", halfClose, dir.file("tap.sock")])
+            #expect(result.stdout.contains("ping<eof>"), "\(result.stdout) \(result.stderr)")
+        }
+    }
+
     @Test("the backchannel magic inside TLS is recognised, and the bytes pass unchanged")
     func backchannelInsideTLS() async throws {
         let dir = try TempDir()

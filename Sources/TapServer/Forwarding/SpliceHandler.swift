@@ -1,5 +1,7 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 import TapWire
 
 #if canImport(Glibc)
@@ -22,6 +24,10 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var pendingRead = false
     private var inputClosed = false
     private var outputClosing = false
+    /// True once this side's TLS handshake completed (never set on a side without TLS).
+    private var tlsHandshakeCompleted = false
+    /// The partner's peer half-closed while this side's TLS handshake was still running: passed on when it ends.
+    private var outputCloseAwaitingHandshake = false
     /// The direction of the bytes this channel reads.
     private let readDirection: Direction
     private let tap: ConnectionTap
@@ -83,6 +89,13 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent {
+            tlsHandshakeCompleted = true
+            if outputCloseAwaitingHandshake {
+                outputCloseAwaitingHandshake = false
+                partnerShutdownOutput()
+            }
+        }
         if let event = event as? ChannelEvent, case .inputClosed = event {
             observeUnobserved()
             inputClosed = true
@@ -137,6 +150,14 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The partner's peer half-closed: pass the end of stream on after everything already written.
     private func partnerShutdownOutput() {
         guard let context, !outputClosing else { return }
+        if !tlsHandshakeCompleted, (try? context.pipeline.syncOperations.handler(type: NIOSSLHandler.self)) != nil {
+            // swift-nio-ssl (2.37.6) buffers a half-close asked for during its handshake; a full close that follows
+            // leaves its shutdown timer armed, and when the buffered half-close runs, the timer fires in a state it
+            // traps on ("Cannot schedule timed out shutdown on non-shutting down handler"). The bytes written so
+            // far wait for the handshake anyway; so does the half-close now.
+            outputCloseAwaitingHandshake = true
+            return
+        }
         outputClosing = true
         context.flush()
         if inputClosed {
@@ -156,6 +177,7 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func closeAfterDrain(_ context: ChannelHandlerContext) {
+        outputCloseAwaitingHandshake = false  // a full close supersedes it
         let channel = context.channel
         let deadline = context.eventLoop.scheduleTask(in: Self.lingerLimit) {
             channel.close(promise: nil)
