@@ -193,7 +193,7 @@ public final class RecordingWriter {
     /// Offsets and lengths of direct writes are multiples of this (a page: at least any disk's logical block).
     public static let directAlignment = 4096
 
-    /// Sleeps this long before each block: a slow disk, for tests of what happens then.
+    /// Sleeps this long per 64 KiB written: a slow disk, for tests of what happens then.
     public var blockDelay: Duration?
 
     /// An upper bound of the records written when a file is closed.
@@ -265,7 +265,8 @@ public final class RecordingWriter {
             var done = 0
             while done < whole {
                 let length = min(Self.directBlockSize, whole - done)
-                if let delay = blockDelay { Self.sleep(delay) }
+                // The simulated slow disk costs the same per byte either way: one delay per 64 KiB.
+                if let delay = blockDelay { Self.sleep(delay * max(1, length / Self.blockSize)) }
                 // Straight from the pending bytes: their start is aligned, and so is every block's.
                 let n = pwrite(directFD, pending.base + done, length, off_t(bufferOffset) + off_t(done))
                 if n < 0, errno == EINTR { continue }
@@ -276,8 +277,14 @@ public final class RecordingWriter {
                     return try flushBuffered(from: bufferOffset, wholeBlocksOnly: wholeBlocksOnly)
                 }
                 if n < 0 { try fail(Self.errnoText()) }
-                // A short direct write (a full disk) cannot be continued at an unaligned offset.
-                guard n == length else { try fail("short write (\(n) of \(length) bytes): is the disk full?") }
+                if n < length {
+                    // Short (a full disk, a file-size limit): the rest goes through the page cache, which either
+                    // takes it or says why not (ENOSPC, EFBIG).
+                    let rest = pending.bytes[(done + n)..<(done + length)]
+                    if let failure = writeOut(fd, rest, at: off_t(bufferOffset) + off_t(done + n), delay: nil) {
+                        try fail(failure)
+                    }
+                }
                 done += length
             }
             pending.removeFirst(whole)
