@@ -29,7 +29,7 @@ let package = Package(
             dependencies: ["TapWire"]
         ),
         // Small C helpers: CRC-32 by carry-less multiplication (x86-64 PCLMULQDQ) for the recording's checksums,
-        // and returning freed memory to the system after a recording burst.
+        // returning freed memory to the system after a recording burst, opening a recording for direct I/O.
         .target(name: "CTapSupport"),
         // Session recordings: file format, writer, reader, redaction (docs/recording.md).
         .target(
