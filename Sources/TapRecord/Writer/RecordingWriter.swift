@@ -35,7 +35,7 @@ public final class RecordingWriter {
     private var directFD: Int32 = -1
     /// Whether files are opened for direct I/O at all.
     private let directIO: Bool
-    /// The file offset of the first pending byte when writing directly (always aligned then).
+    /// The file offset of the first pending byte (aligned while writing directly).
     private var bufferOffset: UInt64 = 0
     /// Pending bytes already written through the page cache by an earlier flush of the tail.
     private var tailWritten = 0
@@ -70,10 +70,9 @@ public final class RecordingWriter {
         self.limits = limits
         self.clock = clock
         self.directIO = directIO
-        var id = [UInt8](repeating: 0, count: 16)
         var generator = SystemRandomNumberGenerator()
-        for i in id.indices { id[i] = UInt8.random(in: 0...255, using: &generator) }
-        if let sessionID, sessionID.count == 16 { id = sessionID }
+        let id = sessionID.flatMap { $0.count == 16 ? $0 : nil }
+            ?? (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
         self.info = SegmentInfo(
             sessionID: id, index: 0, createdTime: clock(), toolVersion: toolVersion, listen: listen, upstream: upstream,
             maxMessageBytes: UInt64(limits.maxMessageBytes), maxFileBytes: limits.maxFileBytes,
@@ -186,7 +185,7 @@ public final class RecordingWriter {
         }
     }
 
-    /// Bytes per `write(2)` through the page cache.
+    /// Bytes per `pwrite(2)` through the page cache.
     public static let blockSize = 64 * 1024
     /// The most bytes per direct write, and the buffered bytes that start one during a burst.
     public static let directBlockSize = 4 << 20
@@ -226,22 +225,22 @@ public final class RecordingWriter {
         if directFD >= 0 { return try flushDirectly(wholeBlocksOnly: wholeBlocksOnly) }
         let total = wholeBlocksOnly ? pending.count / Self.blockSize * Self.blockSize : pending.count
         guard total > 0 else { return }
-        let failure = writeOut(fd, pending.bytes[0..<total], at: nil, delay: blockDelay)
+        let failure = writeOut(fd, pending.bytes[0..<total], at: off_t(bufferOffset), delay: blockDelay)
         pending.removeFirst(total)
+        bufferOffset += UInt64(total)
         if let failure { try fail(failure) }
     }
 
-    /// Writes `bytes` to `descriptor` in blocks of `blockSize`, at `offset` (`pwrite`) or at the file position,
-    /// sleeping `delay` before each block; returns the system's reason when a write fails.
+    /// Writes `bytes` to `descriptor` at `offset` in blocks of `blockSize`, sleeping `delay` before each block;
+    /// returns the system's reason when a write fails.
     private func writeOut(
-        _ descriptor: Int32, _ bytes: Slice<UnsafeRawBufferPointer>, at offset: off_t?, delay: Duration?
+        _ descriptor: Int32, _ bytes: Slice<UnsafeRawBufferPointer>, at offset: off_t, delay: Duration?
     ) -> String? {
         var done = 0
         while done < bytes.count {
             if let delay { Self.sleep(delay) }
             let start = bytes.base.baseAddress! + bytes.startIndex + done
-            let length = min(Self.blockSize, bytes.count - done)
-            let n = offset.map { pwrite(descriptor, start, length, $0 + off_t(done)) } ?? write(descriptor, start, length)
+            let n = pwrite(descriptor, start, min(Self.blockSize, bytes.count - done), offset + off_t(done))
             if n < 0 {
                 if errno == EINTR { continue }
                 return Self.errnoText()
@@ -274,7 +273,8 @@ public final class RecordingWriter {
                     // The file system accepted O_DIRECT at open but not this write: go on through the page cache.
                     close(directFD)
                     directFD = -1
-                    return try flushBuffered(from: bufferOffset, wholeBlocksOnly: wholeBlocksOnly)
+                    tailWritten = 0
+                    return try flush(wholeBlocksOnly: wholeBlocksOnly)
                 }
                 if n < 0 { try fail(Self.errnoText()) }
                 if n < length {
@@ -297,14 +297,6 @@ public final class RecordingWriter {
             if let failure { try fail(failure) }
             tailWritten = pending.count
         }
-    }
-
-    /// After direct I/O was refused mid-file: writes what is buffered through the page cache at its offset, and
-    /// moves the ordinary descriptor's position there for the writes that follow.
-    private func flushBuffered(from offset: UInt64, wholeBlocksOnly: Bool) throws(RecordingWriteError) {
-        guard lseek(fd, off_t(offset), SEEK_SET) >= 0 else { try fail(Self.errnoText()) }
-        tailWritten = 0
-        try flush(wholeBlocksOnly: wholeBlocksOnly)
     }
 
     /// Writes `notice` (if any) and the end marker, flushes and closes the file.
