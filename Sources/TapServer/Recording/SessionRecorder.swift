@@ -155,34 +155,68 @@ public final class SessionRecorder: Sendable {
     /// Queued payload past which the writer returns freed memory to the system when it next goes idle.
     static let trimAfterBytes = 8 << 20
 
+    /// How long the writer waits for more records after the queue empties before it writes out everything, and
+    /// the longest that records may stay unwritten while traffic never pauses.
+    static let idleFlushDelay = Duration.milliseconds(10)
+    static let maxFlushAge = Duration.milliseconds(200)
+
     /// Runs on the writer thread; only one drain runs at a time (`draining`).
+    ///
+    /// While records keep coming only whole blocks are written. When the queue empties the writer lingers for
+    /// `idleFlushDelay` (still marked draining, so producers do not wake it) before it writes out the rest: under
+    /// a stream of small calls the queue empties thousands of times a second, and writing out a short tail each
+    /// time cost a direct write plus a page-cache write per batch.
     private func drain() {
+        let clock = ContinuousClock()
+        var lastFlush = clock.now
+        var idleSince: ContinuousClock.Instant?
         while true {
-            let (items, waiting, highWater) = queue.withLock {
-                q -> ([Item], [CheckedContinuation<Void, Never>], Int) in
-                let items = q.items
-                q.items = []
-                q.bytes = 0
-                if items.isEmpty {
-                    q.draining = false
-                    let waiting = q.finishing
-                    q.finishing = []
-                    defer { q.highWater = 0 }
-                    return (items, waiting, q.highWater)
+            let (items, finishing) = queue.withLock { q -> ([Item], Bool) in
+                defer {
+                    q.items = []
+                    q.bytes = 0
                 }
-                return (items, [], 0)
+                return (q.items, !q.finishing.isEmpty)
             }
-            if items.isEmpty {
-                // Idle: everything goes to the file now; during a burst only whole blocks were written.
-                output.withLock { out in flushAll(&out) }
-                for continuation in waiting { continuation.resume() }
-                // After a burst of large payloads, give the freed buffers back to the system: glibc keeps freed
-                // heap memory (and raises its mmap threshold after freeing large blocks), so the tap's RSS would
-                // otherwise stay at the burst's peak.
-                if highWater >= Self.trimAfterBytes { _ = tap_release_free_memory() }
-                return
+            let now = clock.now
+            if !items.isEmpty {
+                idleSince = nil
+                output.withLock { out in
+                    write(items, to: &out)
+                    if now - lastFlush >= Self.maxFlushAge {
+                        flushAll(&out)
+                        lastFlush = now
+                    }
+                }
+                continue
             }
-            output.withLock { out in write(items, to: &out) }
+            if !finishing {
+                let since = idleSince ?? now
+                idleSince = since
+                if now - since < Self.idleFlushDelay {
+                    usleep(1000)
+                    continue
+                }
+            }
+            let (done, waiting, highWater) = queue.withLock {
+                q -> (Bool, [CheckedContinuation<Void, Never>], Int) in
+                // Records that came in since the last look are written first.
+                guard q.items.isEmpty else { return (false, [], 0) }
+                q.draining = false
+                let waiting = q.finishing
+                q.finishing = []
+                defer { q.highWater = 0 }
+                return (true, waiting, q.highWater)
+            }
+            guard done else { continue }
+            // Idle: everything goes to the file now; during a burst only whole blocks were written.
+            output.withLock { out in flushAll(&out) }
+            for continuation in waiting { continuation.resume() }
+            // After a burst of large payloads, give the freed buffers back to the system: glibc keeps freed
+            // heap memory (and raises its mmap threshold after freeing large blocks), so the tap's RSS would
+            // otherwise stay at the burst's peak.
+            if highWater >= Self.trimAfterBytes { _ = tap_release_free_memory() }
+            return
         }
     }
 
