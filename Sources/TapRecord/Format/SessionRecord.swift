@@ -117,51 +117,85 @@ public enum SessionRecord: Sendable {
 
 // MARK: - Encoding
 
+/// Where records are encoded: a `ByteBuffer`, or the memory a `RecordingWriter` writes from. Generic so the writer's
+/// path is specialised to plain stores, with no per-field bookkeeping of a `ByteBuffer`.
+protocol RecordSink {
+    /// Bytes written so far (an index for `patch` and `checksum`).
+    var position: Int { get }
+    /// Appends `value` in network byte order.
+    mutating func put<T: FixedWidthInteger>(_ value: T)
+    mutating func put(bytes: UnsafeRawBufferPointer)
+    /// Overwrites the four bytes at `index` with `value` in network byte order.
+    mutating func patch(_ value: UInt32, at index: Int)
+    /// CRC-32 of the bytes from `index` to the end.
+    func checksum(from index: Int) -> UInt32
+}
+
+extension RecordSink {
+    mutating func put(_ buffer: ByteBuffer) {
+        buffer.withUnsafeReadableBytes { put(bytes: $0) }
+    }
+
+    mutating func put(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { put(bytes: $0) }
+    }
+
+    /// A u16 length and UTF-8 bytes (cut at 65535 bytes).
+    mutating func putShortString(_ text: String) {
+        var text = text
+        text.withUTF8 { utf8 in
+            let bytes = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(utf8).prefix(Int(UInt16.max)))
+            put(UInt16(bytes.count))
+            put(bytes: bytes)
+        }
+    }
+
+    /// u16 count, then per field: flags u8 (bit 0 redacted, bit 1 the withheld `authorization`), name (u16 + bytes),
+    /// value (u32 + bytes).
+    mutating func putHeaders(_ headers: [RecordedHeader]) {
+        let count = min(headers.count, Int(UInt16.max))
+        put(UInt16(count))
+        for header in headers.prefix(count) {
+            // The withheld `authorization` is stored as a flag alone, so not even its name is in the file.
+            let isAuthorization = header.redacted && header.name.lowercased() == "authorization"
+            put(UInt8(header.redacted ? 1 : 0) | (isAuthorization ? 2 : 0))
+            putShortString(isAuthorization ? "" : header.name)
+            put(UInt32(header.redacted ? 0 : header.value.count))
+            if !header.redacted { put(header.value) }
+        }
+    }
+}
+
+extension ByteBuffer: RecordSink {
+    var position: Int { writerIndex }
+
+    mutating func put<T: FixedWidthInteger>(_ value: T) { writeInteger(value) }
+
+    mutating func put(bytes: UnsafeRawBufferPointer) { writeBytes(bytes) }
+
+    mutating func patch(_ value: UInt32, at index: Int) { setInteger(value, at: index) }
+
+    func checksum(from index: Int) -> UInt32 {
+        withUnsafeReadableBytes { raw in
+            CRC32.update(0, UnsafeRawBufferPointer(rebasing: raw[(index - readerIndex)...]))
+        }
+    }
+}
+
 extension SessionRecord {
     /// Appends this record, framed (length, type, body, CRC), to `out`.
     public func encode(into out: inout ByteBuffer) {
-        let start = out.writerIndex
-        out.writeInteger(UInt32(0))
-        out.writeInteger(type)
-        encodeBody(into: &out)
-        let length = out.writerIndex - start - 4
-        out.setInteger(UInt32(length), at: start)
-        let crc = out.withUnsafeReadableBytes { raw in
-            CRC32.update(
-                0,
-                UnsafeRawBufferPointer(rebasing: raw[(start - out.readerIndex)..<(out.writerIndex - out.readerIndex)]))
-        }
-        out.writeInteger(crc)
+        append(to: &out)
     }
 
-    /// The record framed as `encode(into:)` frames it, in parts, for a writer that copies the payload straight to
-    /// its own memory: for a message or sidechannel data record, writes the length (which counts the payload), the
-    /// type and the body up to the payload into `head` and returns the payload; the CRC-32 that ends the record must
-    /// then cover `head`'s new bytes and the payload. Other records: writes nothing and returns nil.
-    public func encodeHead(into head: inout ByteBuffer) -> ByteBuffer? {
-        let payload: ByteBuffer
-        switch self {
-        case .message(_, _, _, _, _, let p), .sidechannelData(_, _, _, let p): payload = p
-        default: return nil
-        }
-        let start = head.writerIndex
-        head.writeInteger(UInt32(0))
-        head.writeInteger(type)
-        switch self {
-        case .message(let call, let time, let direction, let compressed, let length, _):
-            head.writeInteger(call)
-            head.writeInteger(time)
-            head.writeInteger(direction.byte)
-            head.writeInteger(UInt8(compressed ? 1 : 0))
-            head.writeInteger(length)
-        case .sidechannelData(let sidechannel, let time, let direction, _):
-            head.writeInteger(sidechannel)
-            head.writeInteger(time)
-            head.writeInteger(direction.byte)
-        default: break
-        }
-        head.setInteger(UInt32(head.writerIndex - start - 4 + payload.readableBytes), at: start)
-        return payload
+    /// Appends this record, framed, to any sink (the recording writer's memory).
+    func append<Sink: RecordSink>(to out: inout Sink) {
+        let start = out.position
+        out.put(UInt32(0))
+        out.put(type)
+        encodeBody(into: &out)
+        out.patch(UInt32(out.position - start - 4), at: start)
+        out.put(out.checksum(from: start))
     }
 
     /// The framed record on its own.
@@ -171,65 +205,65 @@ extension SessionRecord {
         return out
     }
 
-    private func encodeBody(into out: inout ByteBuffer) {
+    private func encodeBody<Sink: RecordSink>(into out: inout Sink) {
         switch self {
         case .segment(let s):
-            out.writeBytes(s.sessionID.count == 16 ? s.sessionID : [UInt8](repeating: 0, count: 16))
-            out.writeInteger(s.index)
-            out.writeInteger(s.createdTime)
-            out.writeShortString(s.toolVersion)
-            out.writeShortString(s.listen)
-            out.writeShortString(s.upstream)
-            out.writeInteger(s.maxMessageBytes)
-            out.writeInteger(s.maxFileBytes)
-            out.writeInteger(s.maxSidechannelBytes)
-            out.writeInteger(UInt8(s.personalMetadataRedacted ? 1 : 0))
+            out.put(s.sessionID.count == 16 ? s.sessionID : [UInt8](repeating: 0, count: 16))
+            out.put(s.index)
+            out.put(s.createdTime)
+            out.putShortString(s.toolVersion)
+            out.putShortString(s.listen)
+            out.putShortString(s.upstream)
+            out.put(s.maxMessageBytes)
+            out.put(s.maxFileBytes)
+            out.put(s.maxSidechannelBytes)
+            out.put(UInt8(s.personalMetadataRedacted ? 1 : 0))
         case .connectionOpened(let connection, let time, let transport, let peer):
-            out.writeInteger(connection)
-            out.writeInteger(time)
-            out.writeShortString(transport)
-            out.writeShortString(peer)
+            out.put(connection)
+            out.put(time)
+            out.putShortString(transport)
+            out.putShortString(peer)
         case .connectionClosed(let connection, let time, let kind, let toServer, let toClient, let reason, let stopped):
-            out.writeInteger(connection)
-            out.writeInteger(time)
-            out.writeShortString(kind)
-            out.writeInteger(toServer)
-            out.writeInteger(toClient)
-            out.writeShortString(reason)
-            out.writeInteger(UInt8(stopped == nil ? 0 : 1))
-            out.writeShortString(stopped ?? "")
+            out.put(connection)
+            out.put(time)
+            out.putShortString(kind)
+            out.put(toServer)
+            out.put(toClient)
+            out.putShortString(reason)
+            out.put(UInt8(stopped == nil ? 0 : 1))
+            out.putShortString(stopped ?? "")
         case .callStarted(
             let call, let connection, let time, let streamID, let yamux, let fromGitaly, let path, let headers):
-            out.writeInteger(call)
-            out.writeInteger(connection)
-            out.writeInteger(time)
-            out.writeInteger(streamID)
-            out.writeInteger(yamux ?? 0)
-            out.writeInteger(UInt8((fromGitaly ? 1 : 0) | (yamux != nil ? 2 : 0)))
-            out.writeShortString(path)
-            out.writeHeaders(headers)
+            out.put(call)
+            out.put(connection)
+            out.put(time)
+            out.put(streamID)
+            out.put(yamux ?? 0)
+            out.put(UInt8((fromGitaly ? 1 : 0) | (yamux != nil ? 2 : 0)))
+            out.putShortString(path)
+            out.putHeaders(headers)
         case .responseHeaders(let call, let time, let headers):
-            out.writeInteger(call)
-            out.writeInteger(time)
-            out.writeHeaders(headers)
+            out.put(call)
+            out.put(time)
+            out.putHeaders(headers)
         case .message(let call, let time, let direction, let compressed, let length, let payload):
-            out.writeInteger(call)
-            out.writeInteger(time)
-            out.writeInteger(direction.byte)
-            out.writeInteger(UInt8(compressed ? 1 : 0))
-            out.writeInteger(length)
-            out.writeImmutableBuffer(payload)
+            out.put(call)
+            out.put(time)
+            out.put(direction.byte)
+            out.put(UInt8(compressed ? 1 : 0))
+            out.put(length)
+            out.put(payload)
         case .requestEnded(let call, let time):
-            out.writeInteger(call)
-            out.writeInteger(time)
+            out.put(call)
+            out.put(time)
         case .trailers(let call, let time, let trailersOnly, let headers):
-            out.writeInteger(call)
-            out.writeInteger(time)
-            out.writeInteger(UInt8(trailersOnly ? 1 : 0))
-            out.writeHeaders(headers)
+            out.put(call)
+            out.put(time)
+            out.put(UInt8(trailersOnly ? 1 : 0))
+            out.putHeaders(headers)
         case .callEnded(let call, let time, let end):
-            out.writeInteger(call)
-            out.writeInteger(time)
+            out.put(call)
+            out.put(time)
             let (kind, direction, code, text): (UInt8, Direction, UInt32, String) =
                 switch end {
                 case .trailers: (0, .serverToClient, 0, "")
@@ -239,44 +273,44 @@ extension SessionRecord {
                 case .connectionLost: (4, .serverToClient, 0, "")
                 case .decodingStopped(let reason): (5, .serverToClient, 0, reason)
                 }
-            out.writeInteger(kind)
-            out.writeInteger(direction.byte)
-            out.writeInteger(code)
-            out.writeShortString(text)
+            out.put(kind)
+            out.put(direction.byte)
+            out.put(code)
+            out.putShortString(text)
         case .sidechannelOpened(let sidechannel, let connection, let time, let yamux, let id):
-            out.writeInteger(sidechannel)
-            out.writeInteger(connection)
-            out.writeInteger(time)
-            out.writeInteger(yamux)
-            out.writeInteger(id)
+            out.put(sidechannel)
+            out.put(connection)
+            out.put(time)
+            out.put(yamux)
+            out.put(id)
         case .sidechannelData(let sidechannel, let time, let direction, let payload):
-            out.writeInteger(sidechannel)
-            out.writeInteger(time)
-            out.writeInteger(direction.byte)
-            out.writeImmutableBuffer(payload)
+            out.put(sidechannel)
+            out.put(time)
+            out.put(direction.byte)
+            out.put(payload)
         case .sidechannelEnded(let sidechannel, let time, let end, let toServer, let toClient, let cut):
-            out.writeInteger(sidechannel)
-            out.writeInteger(time)
+            out.put(sidechannel)
+            out.put(time)
             let (kind, direction): (UInt8, Direction) =
                 switch end {
                 case .closed: (0, .clientToServer)
                 case .reset(let by): (1, by)
                 case .connectionLost: (2, .clientToServer)
                 }
-            out.writeInteger(kind)
-            out.writeInteger(direction.byte)
-            out.writeInteger(toServer)
-            out.writeInteger(toClient)
-            out.writeInteger(UInt8(cut ? 1 : 0))
+            out.put(kind)
+            out.put(direction.byte)
+            out.put(toServer)
+            out.put(toClient)
+            out.put(UInt8(cut ? 1 : 0))
         case .notice(let time, let kind, let text):
-            out.writeInteger(time)
-            out.writeInteger(kind.rawValue)
-            out.writeShortString(text)
+            out.put(time)
+            out.put(kind.rawValue)
+            out.putShortString(text)
         case .segmentEnd(let time, let nextFile):
-            out.writeInteger(time)
-            out.writeShortString(nextFile)
+            out.put(time)
+            out.putShortString(nextFile)
         case .recordingEnded(let time):
-            out.writeInteger(time)
+            out.put(time)
         case .unknown:
             break
         }
@@ -435,30 +469,6 @@ private struct BodyReader {
     }
     mutating func rest() -> ByteBuffer {
         buffer.readSlice(length: buffer.readableBytes)!
-    }
-}
-
-extension ByteBuffer {
-    /// A u16 length and UTF-8 bytes (cut at 65535 bytes).
-    mutating func writeShortString(_ text: String) {
-        var utf8 = Array(text.utf8)
-        if utf8.count > Int(UInt16.max) { utf8 = Array(utf8[..<Int(UInt16.max)]) }
-        writeInteger(UInt16(utf8.count))
-        writeBytes(utf8)
-    }
-
-    /// u16 count, then per field: flags u8 (bit 0 redacted, bit 1 the withheld `authorization`), name (u16 + bytes), value (u32 + bytes).
-    mutating func writeHeaders(_ headers: [RecordedHeader]) {
-        let count = min(headers.count, Int(UInt16.max))
-        writeInteger(UInt16(count))
-        for header in headers.prefix(count) {
-            // The withheld `authorization` is stored as a flag alone, so not even its name is in the file.
-            let isAuthorization = header.redacted && header.name.lowercased() == "authorization"
-            writeInteger(UInt8(header.redacted ? 1 : 0) | (isAuthorization ? 2 : 0))
-            writeShortString(isAuthorization ? "" : header.name)
-            writeInteger(UInt32(header.redacted ? 0 : header.value.count))
-            if !header.redacted { writeBytes(header.value) }
-        }
     }
 }
 

@@ -31,14 +31,51 @@ final class PendingBytes {
         count += raw.count
     }
 
-    /// Appends the readable bytes of `buffer`.
-    func append(_ buffer: ByteBuffer) {
-        buffer.withUnsafeReadableBytes { append($0) }
+    /// Appends `record`, framed; its payload is copied once, from the connection's buffer.
+    func append(_ record: SessionRecord) {
+        // Encoded through a local value: stores into it need none of the run-time exclusivity checks that every
+        // write to a class's stored property would.
+        var sink = Sink(base: base, count: count, capacity: capacity, alignment: alignment)
+        record.append(to: &sink)
+        base = sink.base
+        count = sink.count
+        capacity = sink.capacity
     }
 
-    /// Appends `value` in network byte order.
-    func appendBigEndian(_ value: UInt32) {
-        withUnsafeBytes(of: value.bigEndian) { append($0) }
+    /// The pending memory while a record is encoded into it; grows it like `reserve` (the class then adopts it).
+    private struct Sink: RecordSink {
+        var base: UnsafeMutableRawPointer
+        var count: Int
+        var capacity: Int
+        let alignment: Int
+
+        var position: Int { count }
+
+        mutating func put<T: FixedWidthInteger>(_ value: T) {
+            let size = MemoryLayout<T>.size
+            if count + size > capacity { grow(to: count + size) }
+            (base + count).storeBytes(of: value.bigEndian, as: T.self)
+            count += size
+        }
+
+        mutating func put(bytes: UnsafeRawBufferPointer) {
+            guard let source = bytes.baseAddress, bytes.count > 0 else { return }
+            if count + bytes.count > capacity { grow(to: count + bytes.count) }
+            (base + count).copyMemory(from: source, byteCount: bytes.count)
+            count += bytes.count
+        }
+
+        mutating func patch(_ value: UInt32, at index: Int) {
+            (base + index).storeBytes(of: value.bigEndian, as: UInt32.self)
+        }
+
+        func checksum(from index: Int) -> UInt32 {
+            CRC32.update(0, UnsafeRawBufferPointer(start: base + index, count: count - index))
+        }
+
+        private mutating func grow(to needed: Int) {
+            (base, capacity) = PendingBytes.regrow(base, count: count, capacity: capacity, to: needed, alignment: alignment)
+        }
     }
 
     /// Drops the first `n` bytes; the rest moves to `base`.
@@ -52,12 +89,19 @@ final class PendingBytes {
 
     private func reserve(_ needed: Int) {
         guard needed > capacity else { return }
+        (base, capacity) = Self.regrow(base, count: count, capacity: capacity, to: needed, alignment: alignment)
+    }
+
+    /// Memory of at least `needed` bytes (doubling `capacity`) holding the first `count` bytes of `base`, which is
+    /// freed.
+    fileprivate static func regrow(
+        _ base: UnsafeMutableRawPointer, count: Int, capacity: Int, to needed: Int, alignment: Int
+    ) -> (UnsafeMutableRawPointer, Int) {
         var grown = capacity
         while grown < needed { grown *= 2 }
         let bigger = UnsafeMutableRawPointer.allocate(byteCount: grown, alignment: alignment)
         bigger.copyMemory(from: base, byteCount: count)
         base.deallocate()
-        base = bigger
-        capacity = grown
+        return (bigger, grown)
     }
 }

@@ -42,7 +42,6 @@ public final class RecordingWriter {
     /// Encoded records not yet written.
     private let pending = PendingBytes(capacity: 1 << 20, alignment: RecordingWriter.directAlignment)
     /// A record's framing (or a whole small record) before it joins `pending`.
-    private var scratch = ByteBuffer()
     private var bytesInFile: UInt64 = 0
     /// The largest record (by `encodedSizeEstimate`) that fits in a file next to its opening and closing records.
     private var recordRoom = Int.max
@@ -116,18 +115,7 @@ public final class RecordingWriter {
 
     private func appendRaw(_ record: SessionRecord) {
         let before = pending.count
-        scratch.clear()
-        if let payload = record.encodeHead(into: &scratch) {
-            // The payload is copied once, from the connection's buffer to the pending bytes.
-            var crc = scratch.withUnsafeReadableBytes { CRC32.update(0, $0) }
-            crc = payload.withUnsafeReadableBytes { CRC32.update(crc, $0) }
-            pending.append(scratch)
-            pending.append(payload)
-            pending.appendBigEndian(crc)
-        } else {
-            record.encode(into: &scratch)
-            pending.append(scratch)
-        }
+        pending.append(record)
         bytesInFile += UInt64(pending.count - before)
         recordCount += 1
     }
