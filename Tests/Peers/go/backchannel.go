@@ -419,7 +419,11 @@ func (c *backchannelClient) withSidechannel(id int64, ch chan net.Conn, invoke f
 			return
 		}
 		counted.Conn = conn
-		got <- handle(sidechannelClientConn{counted})
+		err := handle(sidechannelClientConn{counted})
+		// Closed (its FIN written) before the result is handed over: the caller may tear the session down at
+		// once, and a FIN still to come would then never be sent.
+		conn.Close()
+		got <- err
 	}()
 	rpcErr = invoke()
 	close(rpcDone)
