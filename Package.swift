@@ -15,13 +15,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
-        // Pure decoders: bytes in, events out. No channels, no clocks.
+        // Pure decoders: bytes in, events out. No channels, no clocks. HPACK is decoded by its own octet decoder
+        // (HPACKByteDecoder); the tests compare it with NIOHPACK's.
         .target(
             name: "TapWire",
-            dependencies: [
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOHPACK", package: "swift-nio-http2"),
-            ]
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         // Pure: span model, trace-context propagation, Gitaly attribute extraction.
         .target(

@@ -16,7 +16,7 @@ private struct Harness {
         _ fields: [(String, String)], stream: UInt32, _ direction: Direction, endStream: Bool = false, at time: UInt64
     ) throws {
         try assembler.headers(
-            HPACKHeaders(fields), streamID: stream, direction: direction, endStream: endStream, at: time
+            HeaderBlock(fields), streamID: stream, direction: direction, endStream: endStream, at: time
         ) {
             records.append($0)
         }

@@ -88,6 +88,55 @@ struct HPACKByteDecoderTests {
         }
     }
 
+    @Test(
+        "decodes into a HeaderBlock what NIOHPACK's decoder decodes: Huffman on and off, a small table resized mid-way, multi-byte UTF-8, never-indexed fields",
+        arguments: [(true, 256), (false, 256), (true, 4096)])
+    func headerBlockAgreesWithNIOHPACKDecoder(huffman: Bool, tableSize: Int) throws {
+        var generator = SeededGenerator(seed: UInt64(tableSize) + (huffman ? 1 : 0))
+        var encoder = HPACKEncoder(
+            allocator: ByteBufferAllocator(), useHuffmanEncoding: huffman, maxDynamicTableSize: tableSize)
+        var reference = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: tableSize)
+        var decoder = HPACKByteDecoder(maxDynamicTableLength: tableSize)
+        var block = HeaderBlock()
+        let alphabet: [Character] = Array("abcXYZ019 -_%/é✓")
+        var mismatches = 0
+        for round in 0..<400 {
+            if round == 200 { try encoder.setDynamicTableSize(tableSize / 2) }
+            var headers = HPACKHeaders()
+            for _ in 0..<Int.random(in: 1...10, using: &generator) {
+                let name = [":path", ":authority", "content-type", "grpc-status", "x-gitlab-correlation-id", "k\(Int.random(in: 0..<12, using: &generator))"]
+                    .randomElement(using: &generator)!
+                let value = String((0..<Int.random(in: 0..<90, using: &generator)).map { _ in alphabet.randomElement(using: &generator)! })
+                let indexing: HPACKIndexing = [.indexable, .nonIndexable, .neverIndexed].randomElement(using: &generator)!
+                headers.add(name: name, value: value, indexing: indexing)
+            }
+            var buffer = ByteBuffer()
+            try encoder.encode(headers: headers, to: &buffer)
+            var copy = buffer
+            let expected = try reference.decodeHeaders(from: &copy)
+            try decoder.decode(buffer, into: &block)
+            let got = (0..<block.count).map { "\(block.name(at: $0))=\(block.value(at: $0))" }
+            if got != expected.map({ "\($0.name)=\($0.value)" }) { mismatches += 1 }
+            if block.first(name: "grpc-status") != expected.first(name: "grpc-status") { mismatches += 1 }
+        }
+        #expect(mismatches == 0)
+    }
+
+    @Test("the Huffman decoder reads every octet back from NIOHPACK's encoding of it")
+    func huffmanEveryOctet() throws {
+        // Each octet alone and all of them in one string: codes of every length, padding of every length.
+        var encoder = HPACKEncoder(allocator: ByteBufferAllocator(), useHuffmanEncoding: true)
+        var decoder = HPACKByteDecoder()
+        var block = HeaderBlock()
+        for octet in UInt8(0x20)...UInt8(0x7E) {
+            let value = String(UnicodeScalar(octet))
+            var buffer = ByteBuffer()
+            try encoder.encode(headers: HPACKHeaders([("x\(octet)", value)]), to: &buffer)
+            try decoder.decode(buffer, into: &block)
+            #expect(block.value(at: 0) == value)
+        }
+    }
+
     @Test("hostile blocks throw instead of crashing")
     func hostile() {
         var generator = SeededGenerator(seed: 9)

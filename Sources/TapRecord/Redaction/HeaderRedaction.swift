@@ -14,6 +14,14 @@ public struct HeaderRedaction: Sendable, Equatable {
         "x-real-ip",
     ]
 
+    /// Bit n is set when a key of `secretKeys` (or of either set) is n bytes long.
+    private static let secretKeyLengths = lengthMask(secretKeys)
+    private static let keyLengths = lengthMask(secretKeys.union(personalKeys))
+
+    private static func lengthMask(_ keys: Set<String>) -> UInt64 {
+        keys.reduce(0) { $0 | 1 << $1.utf8.count }
+    }
+
     /// Whether `personalKeys` are withheld.
     public var personal: Bool
 
@@ -23,6 +31,9 @@ public struct HeaderRedaction: Sendable, Equatable {
 
     /// True when the value of `name` must not be stored.
     public func withholds(_ name: String) -> Bool {
+        // Most names have a length no withheld key has: they are let through without a lower-cased copy and a hash.
+        let length = name.utf8.count
+        guard length < 64, (personal ? Self.keyLengths : Self.secretKeyLengths) & (1 << length) != 0 else { return false }
         let key = name.lowercased()
         return Self.secretKeys.contains(key) || (personal && Self.personalKeys.contains(key))
     }

@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHPACK
 
 /// Turns the HTTP/2 events of one session into finished gRPC calls.
 ///
@@ -59,22 +58,13 @@ public struct GRPCCallAssembler: Sendable {
         events.append(WireEvent(kind, time: time, streamID: streamID))
     }
 
-    /// `raw` when the byte-exact decoder produced it, else the `String` values' UTF-8.
-    private static func rawFields(_ headers: HPACKHeaders, _ raw: [RawHeaderField]?) -> [RawHeaderField] {
-        raw ?? headers.map { RawHeaderField(name: $0.name, value: Array($0.value.utf8)) }
-    }
-
     /// A complete header block arrived on `streamID` travelling in `direction`.
-    ///
-    /// - Parameter raw: the same block decoded to octets (`HPACKByteDecoder`), for events; derived from
-    ///   `headers` when nil.
     public mutating func headers(
-        _ headers: HPACKHeaders,
+        _ headers: HeaderBlock,
         streamID: UInt32,
         direction: Direction,
         endStream: Bool,
         at time: UInt64,
-        raw: [RawHeaderField]? = nil,
         emit: (GRPCCallRecord) -> Void
     ) throws {
         switch direction {
@@ -93,30 +83,33 @@ public struct GRPCCallAssembler: Sendable {
             }
             var record = GRPCCallRecord(streamID: streamID, path: headers.first(name: ":path") ?? "", startTime: time)
             record.requestMetadata.reserveCapacity(headers.count)  // one allocation, not one per doubling
-            for (rawName, value, _) in headers {
+            for index in 0..<headers.count {
+                let rawName = headers.name(at: index)
                 // HTTP/2 requires lower-case names, but a peer may send otherwise; never let a secret slip by case.
                 let name = rawName.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? rawName.lowercased() : rawName
                 switch name {
                 case ":path", ":scheme": continue
-                case ":authority": record.authority = value
-                case ":method": record.method = value
-                case "content-type": record.contentType = value
+                case ":authority": record.authority = headers.value(at: index)
+                case ":method": record.method = headers.value(at: index)
+                case "content-type": record.contentType = headers.value(at: index)
                 case "authorization", "proxy-authorization":
                     record.hadAuthorization = true
                 case "grpc-timeout":
+                    let value = headers.value(at: index)
                     record.timeoutNanos = GRPCTimeout.nanoseconds(value)
                     record.requestMetadata.append(HeaderField(name: name, value: value))
                 case "grpc-encoding":
+                    let value = headers.value(at: index)
                     record.requestEncoding = value
                     record.requestMetadata.append(HeaderField(name: name, value: value))
                 default:
                     if name.hasPrefix(":") { continue }
-                    record.requestMetadata.append(HeaderField(name: name, value: value))
+                    record.requestMetadata.append(HeaderField(name: name, value: headers.value(at: index)))
                 }
             }
             if endStream { record.requestEndTime = time }
             if limits.recordEvents {
-                let fields = Self.rawFields(headers, raw).map { field -> RawHeaderField in
+                let fields = headers.rawFields.map { field -> RawHeaderField in
                     let name = field.name.lowercased()
                     // A secret never leaves the decoder, whatever the recorder does with the rest.
                     return name == "authorization" || name == "proxy-authorization"
@@ -139,13 +132,13 @@ public struct GRPCCallAssembler: Sendable {
             let first = Self.respond(headers, at: time, call: &calls.values[index])
             if first, !endStream {
                 calls.values[index].record.responseMetadata = Self.metadata(headers)
-                if limits.recordEvents { report(.responseHeaders(Self.rawFields(headers, raw)), streamID: streamID, at: time) }
+                if limits.recordEvents { report(.responseHeaders(headers.rawFields), streamID: streamID, at: time) }
                 return
             }
             // Trailers, or Trailers-Only (the first headers with END_STREAM). Trailers without END_STREAM are
             // malformed HTTP; the call still ends at its status.
             if limits.recordEvents {
-                report(.trailers(Self.rawFields(headers, raw), trailersOnly: first), streamID: streamID, at: time)
+                report(.trailers(headers.rawFields, trailersOnly: first), streamID: streamID, at: time)
             }
             var call = calls.remove(at: index).value
             call.record.trailers = Self.metadata(headers)
@@ -156,7 +149,7 @@ public struct GRPCCallAssembler: Sendable {
 
     /// Notes a response header block on `call`: the first response time, and for the first block its HTTP status.
     /// True when this is the call's first response header block.
-    private static func respond(_ headers: HPACKHeaders, at time: UInt64, call: inout OpenCall) -> Bool {
+    private static func respond(_ headers: HeaderBlock, at time: UInt64, call: inout OpenCall) -> Bool {
         if call.record.firstResponseTime == nil { call.record.firstResponseTime = time }
         guard !call.sawResponseHeaders else { return false }
         call.sawResponseHeaders = true
@@ -297,16 +290,16 @@ public struct GRPCCallAssembler: Sendable {
         return WireMessage(direction: direction, compressed: message.compressed, length: message.length, payload: payload)
     }
 
-    private static func metadata(_ headers: HPACKHeaders) -> [HeaderField] {
+    private static func metadata(_ headers: HeaderBlock) -> [HeaderField] {
         var fields: [HeaderField] = []
         fields.reserveCapacity(headers.count)
-        for (name, value, _) in headers where !name.hasPrefix(":") {
-            fields.append(HeaderField(name: name, value: value))
+        for index in 0..<headers.count where !headers.isPseudo(at: index) {
+            fields.append(HeaderField(name: headers.name(at: index), value: headers.value(at: index)))
         }
         return fields
     }
 
-    private static func takeStatus(from headers: HPACKHeaders, into record: inout GRPCCallRecord) {
+    private static func takeStatus(from headers: HeaderBlock, into record: inout GRPCCallRecord) {
         if let status = headers.first(name: "grpc-status") { record.grpcStatus = Int(status) }
         if let message = headers.first(name: "grpc-message") { record.grpcMessage = PercentDecoding.decode(message) }
     }

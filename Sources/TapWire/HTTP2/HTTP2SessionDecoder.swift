@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHPACK
 
 /// Decodes both directions of one HTTP/2 session (a plain connection, or one yamux stream of a backchannel)
 /// into gRPC calls. Pure: bytes and times in, finished calls out.
@@ -8,17 +7,15 @@ import NIOHPACK
 /// the decoder of the headers travelling toward it.
 public struct HTTP2SessionDecoder: Sendable {
     private struct Side: Sendable {
-        var hpack: HPACKDecoder
-        /// The octet-exact decoder of the same blocks, while recording (nil once it failed: values then come from
-        /// `hpack`'s strings).
-        var raw: HPACKByteDecoder?
+        var hpack = HPACKByteDecoder()
+        /// The last decoded block; its memory is reused for the next.
+        var block = HeaderBlock()
         var prefaceRemaining: Int
         /// A header block waiting for CONTINUATION frames.
         var pendingBlock: (streamID: UInt32, fragment: ByteBuffer, endStream: Bool, isPushPromise: Bool)?
         var frames = 0
 
         init(expectsPreface: Bool) {
-            hpack = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: 1 << 20)
             prefaceRemaining = expectsPreface ? HTTP2Preface.bytes.count : 0
         }
     }
@@ -36,10 +33,6 @@ public struct HTTP2SessionDecoder: Sendable {
     public init(limits: GRPCCallAssembler.Limits = .init(), clientPrefaceSeen: Bool = false) {
         assembler = GRPCCallAssembler(limits: limits)
         if clientPrefaceSeen { toServer!.prefaceRemaining = 0 }
-        if limits.recordEvents {
-            toServer!.raw = HPACKByteDecoder(maxDynamicTableLength: toServer!.hpack.maxDynamicTableLength)
-            toClient!.raw = HPACKByteDecoder(maxDynamicTableLength: toClient!.hpack.maxDynamicTableLength)
-        }
     }
 
     /// Hands out the events reported since the last call (none unless recording).
@@ -47,11 +40,9 @@ public struct HTTP2SessionDecoder: Sendable {
         assembler.takeEvents()
     }
 
-    /// Stops reporting events and drops the octet-exact header decoders.
+    /// Stops reporting events.
     public mutating func stopEvents() {
         assembler.stopEvents()
-        toServer?.raw = nil
-        toClient?.raw = nil
     }
 
     /// Frames decoded so far, per direction.
@@ -194,11 +185,9 @@ public struct HTTP2SessionDecoder: Sendable {
                     let limit = Int(min(value, 1 << 24))
                     if direction == .serverToClient, var other = toServer.take() {
                         if limit > other.hpack.maxDynamicTableLength { other.hpack.maxDynamicTableLength = limit }
-                        if let raw = other.raw, limit > raw.maxDynamicTableLength { other.raw!.maxDynamicTableLength = limit }
                         toServer = other
                     } else if direction == .clientToServer, var other = toClient.take() {
                         if limit > other.hpack.maxDynamicTableLength { other.hpack.maxDynamicTableLength = limit }
-                        if let raw = other.raw, limit > raw.maxDynamicTableLength { other.raw!.maxDynamicTableLength = limit }
                         toClient = other
                     }
                 }
@@ -223,24 +212,14 @@ public struct HTTP2SessionDecoder: Sendable {
         _ block: (streamID: UInt32, fragment: ByteBuffer, endStream: Bool, isPushPromise: Bool),
         side: inout Side, direction: Direction, at time: UInt64, emit: (GRPCCallRecord) -> Void
     ) throws {
-        var fragment = block.fragment
-        let headers: HPACKHeaders
         do {
-            headers = try side.hpack.decodeHeaders(from: &fragment)
+            try side.hpack.decode(block.fragment, into: &side.block)
         } catch {
             throw WireDecodingError("HPACK decoding failed on stream \(block.streamID): \(error)")
         }
-        var raw: [RawHeaderField]?
-        if side.raw != nil {
-            do {
-                raw = try side.raw!.decode(block.fragment)
-            } catch {
-                side.raw = nil
-            }
-        }
         if block.isPushPromise { return }
         try assembler.headers(
-            headers, streamID: block.streamID, direction: direction, endStream: block.endStream, at: time, raw: raw,
+            side.block, streamID: block.streamID, direction: direction, endStream: block.endStream, at: time,
             emit: emit)
     }
 }
