@@ -52,8 +52,14 @@ import Testing
             case 1, 2: size = Int(rng.next() % (300 << 10))
             default: size = Int(rng.next() % 200)
             }
-            var payload = ByteBuffer()
-            payload.writeRepeatingByte(UInt8(truncatingIfNeeded: i &* 31 &+ 7), count: size)
+            var bytes = ByteBuffer()
+            bytes.writeRepeatingByte(UInt8(truncatingIfNeeded: i &* 31 &+ 7), count: size)
+            // In pieces of up to 16 KiB, as a message arrives in DATA frames.
+            var payload = ByteChain()
+            var split = Scramble(UInt64(i) &+ seed)  // its own sequence: the sizes above stay those of `seed`
+            while bytes.readableBytes > 0 {
+                payload.append(bytes.readSlice(length: min(bytes.readableBytes, 1 + Int(split.next() % (16 << 10))))!)
+            }
             out.append(.requestEnded(call: call, time: UInt64(i)))
             out.append(
                 .message(

@@ -92,6 +92,42 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
         #expect(call.requestComplete)
     }
 
+    @Test("a message kept as several DATA pieces is stored as the same bytes as in one piece, and capped across pieces")
+    func messageInPieces() throws {
+        let bytes = (0..<5000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        var whole = ByteBuffer(bytes: bytes)
+        var pieces = ByteChain()
+        for size in [1, 999, 2000, 2000] { pieces.append(whole.readSlice(length: size)!) }
+        let split = WireMessage(direction: .clientToServer, compressed: false, length: 5000, pieces: pieces)
+        let one = WireMessage(direction: .clientToServer, compressed: false, length: 5000, payload: ByteBuffer(bytes: bytes))
+        var limits = RecordingLimits()
+        limits.maxMessageBytes = 3000
+        var files: [[UInt8]] = []
+        for message in [split, one] {
+            let dir = try Dir()
+            let path = dir.file("rec")
+            let events = [
+                event(.callStarted(path: "/p.S/M", headers: [])), event(.message(message)), event(.callEnded(.trailers)),
+            ]
+            try record(events, to: path, limits: limits).finish()
+            let session = try RecordedSession.load(path: path)
+            #expect(session.calls.first?.requests.map(\.bytes) == [Array(bytes.prefix(3000))])
+            #expect(session.calls.first?.requests.first?.length == 5000)
+            // The files differ only in their session ids and times; the message records must be equal.
+            let data = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+            files.append(data)
+        }
+        let records = files.map { file -> [UInt8] in
+            // The message record: its 27-byte head (length, type, call, time, direction, flags, message length),
+            // the 3000 stored bytes and the CRC.
+            guard let at = (0..<(file.count - 16)).first(where: { Array(file[$0..<$0 + 16]) == Array(bytes.prefix(16)) })
+            else { return [] }
+            return Array(file[(at - 27)..<(at + 3004)])
+        }
+        #expect(!records[0].isEmpty)
+        #expect(records[0] == records[1], "the record's head and payload are byte for byte the same")
+    }
+
     @Test("the file is created with mode 0600, also when it existed with a wider mode")
     func fileMode() throws {
         let dir = try Dir()
@@ -270,7 +306,7 @@ private func record(_ events: [WireEvent], to path: String, limits: RecordingLim
             try w.append(
                 .message(
                     call: 1, time: 1, direction: .clientToServer, compressed: false, length: 50,
-                    payload: ByteBuffer(bytes: [UInt8](repeating: UInt8(i), count: 50))))
+                    payload: ByteChain(ByteBuffer(bytes: [UInt8](repeating: UInt8(i), count: 50)))))
         }
         #expect(w.isStopped)
         #expect(w.files.count == 2)

@@ -340,13 +340,13 @@ struct RecordReplayTests {
                 ]),
             .message(
                 call: 1, time: 2, direction: .clientToServer, compressed: false, length: 5,
-                payload: ByteBuffer(string: "hello")),
+                payload: ByteChain(ByteBuffer(string: "hello"))),
             .requestEnded(call: 1, time: 2),
             .responseHeaders(
                 call: 1, time: 3, headers: [field(":status", "200"), field("content-type", "application/grpc")]),
             .message(
                 call: 1, time: 3, direction: .serverToClient, compressed: false, length: 5,
-                payload: ByteBuffer(string: "hello")),
+                payload: ByteChain(ByteBuffer(string: "hello"))),
             .trailers(call: 1, time: 4, trailersOnly: false, headers: [field("grpc-status", "0")]),
             .callEnded(call: 1, time: 4, end: .trailers),
         ] {

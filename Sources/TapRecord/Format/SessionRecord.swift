@@ -73,9 +73,10 @@ public enum SessionRecord: Sendable {
         call: UInt64, connection: UInt64, time: UInt64, streamID: UInt32, yamuxStreamID: UInt32?, fromGitaly: Bool,
         path: String, headers: [RecordedHeader])
     case responseHeaders(call: UInt64, time: UInt64, headers: [RecordedHeader])
-    /// `payload` holds at most the cap; `length` is the message's real length.
+    /// `payload` holds at most the cap; `length` is the message's real length. The payload is the slices of the
+    /// forwarded bytes it arrived in, written out without being assembled first.
     case message(
-        call: UInt64, time: UInt64, direction: Direction, compressed: Bool, length: UInt32, payload: ByteBuffer)
+        call: UInt64, time: UInt64, direction: Direction, compressed: Bool, length: UInt32, payload: ByteChain)
     case requestEnded(call: UInt64, time: UInt64)
     case trailers(call: UInt64, time: UInt64, trailersOnly: Bool, headers: [RecordedHeader])
     case callEnded(call: UInt64, time: UInt64, end: GRPCCallRecord.End)
@@ -134,6 +135,10 @@ protocol RecordSink {
 extension RecordSink {
     mutating func put(_ buffer: ByteBuffer) {
         buffer.withUnsafeReadableBytes { put(bytes: $0) }
+    }
+
+    mutating func put(_ chain: ByteChain) {
+        chain.forEachPiece { put(bytes: $0) }
     }
 
     mutating func put(_ bytes: [UInt8]) {
@@ -365,7 +370,7 @@ extension SessionRecord {
             }
             return .message(
                 call: call, time: time, direction: direction, compressed: flags & 1 != 0, length: length,
-                payload: payload)
+                payload: ByteChain(payload))
         case .requestEnded:
             return .requestEnded(call: try b.u64(), time: try b.u64())
         case .trailers:

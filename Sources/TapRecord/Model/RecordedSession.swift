@@ -156,8 +156,8 @@ public struct RecordedSession: Sendable {
         case .message(let id, let time, let direction, let compressed, let length, let payload):
             guard let i = index[id] else { return }
             let message = RecordedMessage(
-                time: time, compressed: compressed, length: Int(length), payload: keepPayloads ? payload : ByteBuffer(),
-                storedLength: payload.readableBytes)
+                time: time, compressed: compressed, length: Int(length), payload: keepPayloads ? payload.joined : ByteBuffer(),
+                storedLength: payload.count)
             if direction == .clientToServer {
                 calls[i].requests.append(message)
             } else {

@@ -72,14 +72,10 @@ public struct EventEncoder: Sendable {
             return [.responseHeaders(call: id, time: event.time, headers: redaction.apply(headers))]
         case .message(let message):
             guard let id = calls[key] else { return [] }
-            var payload = message.payload
-            if payload.readableBytes > limits.maxMessageBytes {
-                payload = payload.getSlice(at: payload.readerIndex, length: limits.maxMessageBytes)!
-            }
             return [
                 .message(
                     call: id, time: event.time, direction: message.direction, compressed: message.compressed,
-                    length: UInt32(clamping: message.length), payload: payload)
+                    length: UInt32(clamping: message.length), payload: message.pieces.prefix(limits.maxMessageBytes))
             ]
         case .requestEnded:
             guard let id = calls[key] else { return [] }

@@ -138,11 +138,11 @@ public final class RecordingWriter {
     private func fitted(_ record: SessionRecord, size: Int) -> [SessionRecord] {
         switch record {
         case .message(let call, let time, let direction, let compressed, let length, let payload):
-            let keep = max(0, recordRoom - (size - payload.readableBytes))
+            let keep = max(0, recordRoom - (size - payload.count))
             return [
                 .message(
                     call: call, time: time, direction: direction, compressed: compressed, length: length,
-                    payload: payload.getSlice(at: payload.readerIndex, length: keep)!)
+                    payload: payload.prefix(keep))
             ]
         case .sidechannelData(let sidechannel, let time, let direction, let payload):
             let step = max(1, recordRoom - (size - payload.readableBytes))
@@ -328,7 +328,7 @@ extension SessionRecord {
     /// The encoded size, give or take the header strings (used only to decide rotation).
     var encodedSizeEstimate: Int {
         switch self {
-        case .message(_, _, _, _, _, let payload): return payload.readableBytes + 40
+        case .message(_, _, _, _, _, let payload): return payload.count + 40
         case .sidechannelData(_, _, _, let payload): return payload.readableBytes + 40
         case .callStarted(_, _, _, _, _, _, let path, let headers):
             return headers.reduce(64 + path.utf8.count) { $0 + $1.name.utf8.count + $1.value.count + 7 }

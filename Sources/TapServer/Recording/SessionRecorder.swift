@@ -111,7 +111,7 @@ public final class SessionRecorder: Sendable {
         var bytes = 0
         for event in events {
             switch event.kind {
-            case .message(let m): bytes += m.payload.readableBytes
+            case .message(let m): bytes += m.pieces.count
             case .sidechannelData(_, let b): bytes += b.readableBytes
             default: bytes += 64
             }

@@ -23,19 +23,25 @@ public struct WireMessage: Sendable {
     public var compressed: Bool
     /// Payload length from the 5-byte prefix.
     public var length: Int
-    /// The payload's first bytes, up to `Limits.messageCapture`. A slice of the forwarded bytes (no copy) when the
-    /// message arrived in one DATA piece; assembled only when it spanned several.
-    public var payload: ByteBuffer
+    /// The payload's first bytes, up to `Limits.messageCapture`: slices of the forwarded bytes, never copied.
+    public var pieces: ByteChain
 
-    public init(direction: Direction, compressed: Bool, length: Int, payload: ByteBuffer) {
+    public init(direction: Direction, compressed: Bool, length: Int, pieces: ByteChain) {
         self.direction = direction
         self.compressed = compressed
         self.length = length
-        self.payload = payload
+        self.pieces = pieces
     }
 
-    /// True when `payload` holds fewer bytes than the message had.
-    public var truncated: Bool { payload.readableBytes < length }
+    public init(direction: Direction, compressed: Bool, length: Int, payload: ByteBuffer) {
+        self.init(direction: direction, compressed: compressed, length: length, pieces: ByteChain(payload))
+    }
+
+    /// The kept bytes in one buffer (copied when the message spanned several DATA pieces).
+    public var payload: ByteBuffer { pieces.joined }
+
+    /// True when fewer bytes were kept than the message had.
+    public var truncated: Bool { pieces.count < length }
 }
 
 /// What happened on one gRPC call or sidechannel, reported as it happens rather than when the call ends.

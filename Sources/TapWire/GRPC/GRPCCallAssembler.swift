@@ -183,11 +183,8 @@ public struct GRPCCallAssembler: Sendable {
                 },
                 onMessage: { message in
                     if requestMessages == 0 {
-                        first = (
-                            message.captured.map {
-                                $0.getSlice(at: $0.readerIndex, length: min($0.readableBytes, limits.firstMessageCapture))!
-                            }, message.compressed, message.length
-                        )
+                        let kept = message.pieces.prefix(limits.firstMessageCapture)
+                        first = (kept.isEmpty ? nil : kept.joined, message.compressed, message.length)
                     }
                     requestMessages += 1
                     if limits.recordEvents {
@@ -282,12 +279,10 @@ public struct GRPCCallAssembler: Sendable {
     private static func wireMessage(
         _ message: GRPCMessageFramer.Message, _ direction: Direction, capture: Int
     ) -> WireMessage {
-        var payload = message.captured ?? ByteBuffer()
-        if payload.readableBytes > capture {
-            // The first request message may be kept longer for attribute extraction.
-            payload = payload.getSlice(at: payload.readerIndex, length: capture)!
-        }
-        return WireMessage(direction: direction, compressed: message.compressed, length: message.length, payload: payload)
+        // The first request message may be kept longer for attribute extraction.
+        WireMessage(
+            direction: direction, compressed: message.compressed, length: message.length,
+            pieces: message.pieces.prefix(capture))
     }
 
     private static func metadata(_ headers: HeaderBlock) -> [HeaderField] {

@@ -8,17 +8,19 @@ public struct GRPCMessageFramer: Sendable {
         public var compressed: Bool
         /// Payload length from the prefix.
         public var length: Int
-        /// The first bytes of the payload (up to the capture limit), when capture was on for this message.
-        public var captured: ByteBuffer?
-        /// True when `captured` holds fewer bytes than `length`.
-        public var truncated: Bool { (captured?.readableBytes ?? 0) < length }
+        /// The first bytes of the payload (up to the capture limit), as slices of the DATA pieces they came in.
+        public var pieces: ByteChain
+        /// The same bytes in one buffer (copied when the message spanned several pieces); nil when capture was off.
+        public var captured: ByteBuffer? { pieces.isEmpty ? nil : pieces.joined }
+        /// True when the captured bytes are fewer than `length`.
+        public var truncated: Bool { pieces.count < length }
     }
 
     private var prefix: [UInt8] = []
     private var compressed = false
     private var remaining = 0
     private var length = 0
-    private var capture: ByteBuffer?
+    private var capture = ByteChain()
     private var captureRemaining = 0
     private var inMessage = false
 
@@ -69,17 +71,9 @@ public struct GRPCMessageFramer: Sendable {
             }
             let n = min(remaining, piece.readableBytes)
             if captureRemaining > 0 {
+                // A slice of the forwarded bytes: a message spanning several pieces is not copied here.
                 let keep = min(captureRemaining, n)
-                let slice = piece.getSlice(at: piece.readerIndex, length: keep)!
-                if capture == nil, keep == length {
-                    capture = slice
-                } else {
-                    var slice = slice
-                    // Sized once for everything this message will keep: growing by doubling would hold up to
-                    // twice the payload while the copy waits for the recorder.
-                    if capture == nil { capture = ByteBufferAllocator().buffer(capacity: captureRemaining) }
-                    capture!.writeBuffer(&slice)
-                }
+                capture.append(piece.getSlice(at: piece.readerIndex, length: keep)!)
                 captureRemaining -= keep
             }
             piece.moveReaderIndex(forwardBy: n)
@@ -98,14 +92,14 @@ public struct GRPCMessageFramer: Sendable {
         remaining = length
         largestMessage = max(largestMessage, length)
         captureRemaining = min(length, max(0, captureLimit(messageCount)))
-        capture = nil
+        capture = ByteChain()
     }
 
     private mutating func finish(_ onMessage: (Message) throws -> Void) rethrows {
         inMessage = false
         messageCount += 1
-        let message = Message(compressed: compressed, length: length, captured: capture)
-        capture = nil
+        let message = Message(compressed: compressed, length: length, pieces: capture)
+        capture = ByteChain()
         try onMessage(message)
     }
 }

@@ -1,0 +1,52 @@
+import NIOCore
+
+/// Bytes kept as slices of the buffers they arrived in, in order.
+///
+/// A gRPC message that spans several DATA frames is held this way from the decoder to the recording's writer,
+/// which copies each piece once into its own memory: the bytes are never first assembled into one buffer.
+public struct ByteChain: Sendable {
+    /// The pieces, in order; none is empty.
+    public private(set) var pieces: [ByteBuffer] = []
+    /// Bytes in all pieces.
+    public private(set) var count = 0
+
+    public init() {}
+
+    /// One piece (a decoded record's payload, a message that arrived in one DATA piece).
+    public init(_ buffer: ByteBuffer) {
+        append(buffer)
+    }
+
+    public var isEmpty: Bool { count == 0 }
+
+    /// Adds `buffer`'s readable bytes at the end (the buffer is kept, not copied).
+    public mutating func append(_ buffer: ByteBuffer) {
+        guard buffer.readableBytes > 0 else { return }
+        pieces.append(buffer)
+        count += buffer.readableBytes
+    }
+
+    /// The first `n` bytes (all of them when there are fewer).
+    public func prefix(_ n: Int) -> ByteChain {
+        guard n < count else { return self }
+        var kept = ByteChain()
+        for piece in pieces where kept.count < n {
+            let take = min(piece.readableBytes, n - kept.count)
+            kept.append(piece.getSlice(at: piece.readerIndex, length: take)!)
+        }
+        return kept
+    }
+
+    /// All bytes in one buffer: the piece itself when there is one, else a copy.
+    public var joined: ByteBuffer {
+        if pieces.count == 1 { return pieces[0] }
+        var buffer = ByteBufferAllocator().buffer(capacity: count)
+        for var piece in pieces { buffer.writeBuffer(&piece) }
+        return buffer
+    }
+
+    /// Calls `body` with each piece's bytes in order.
+    public func forEachPiece(_ body: (UnsafeRawBufferPointer) throws -> Void) rethrows {
+        for piece in pieces { try piece.withUnsafeReadableBytes(body) }
+    }
+}
