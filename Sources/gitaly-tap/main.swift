@@ -125,7 +125,7 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Seconds open connections may finish after SIGTERM/SIGINT.")
     var drainTimeout: Int = 30
 
-    @Option(help: "Event-loop threads that forward and decode (default: the number of cores).")
+    @Option(help: "Event-loop threads that forward and decode (default: half the cores, at least 1).")
     var threads: Int?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")

@@ -15,7 +15,14 @@ public struct ProxyRunOptions: Sendable {
     public var spansPath: String?
     /// How long open connections may finish after SIGTERM/SIGINT.
     public var drainTimeout: Duration = .seconds(30)
-    public var threads: Int = System.coreCount
+    /// Event-loop threads; by default half the cores (at least one).
+    ///
+    /// The tap shares its host with Gitaly and its git processes, and spans (and a recording) are made on threads
+    /// of their own. On the benchmark's 2 cores one event loop beat two on every figure: 10–17 % less CPU per
+    /// unary call, more calls per second at 16 and 64 streams, equal or faster 1 GiB streams (BENCHMARKS.md).
+    public var threads: Int = ProxyRunOptions.defaultThreads
+
+    public static var defaultThreads: Int { max(1, System.coreCount / 2) }
     /// Where to serve `/metrics` and `/health`, if anywhere.
     public var metricsAddress: TapAddress?
     /// `--record`: where and how to record the session.
