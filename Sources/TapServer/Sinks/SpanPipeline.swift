@@ -9,8 +9,20 @@ import TapWire
 /// and encoded in `run()`, a task of its own, so the forwarding path pays only for an enqueue.
 public final class SpanPipeline: Sendable {
     enum Item: Sendable {
-        case call(GRPCCallRecord, ConnectionInfo)
+        case call(FinishedCall)
         case connection(ConnectionSummary)
+    }
+
+    /// A finished call on its way to the span thread. Boxed: the queue and the batch move one reference per call,
+    /// not the dozen a call record and its connection hold (each of which would be retained and released again).
+    final class FinishedCall: Sendable {
+        let record: GRPCCallRecord
+        let connection: ConnectionInfo
+
+        init(_ record: GRPCCallRecord, _ connection: ConnectionInfo) {
+            self.record = record
+            self.connection = connection
+        }
     }
 
     /// Counters for logs and metrics.
@@ -55,7 +67,7 @@ public final class SpanPipeline: Sendable {
     public var currentCounts: Counts { counts.withLock { $0 } }
 
     func submit(call: GRPCCallRecord, connection: ConnectionInfo) {
-        enqueue(.call(call, connection))
+        enqueue(.call(FinishedCall(call, connection)))
     }
 
     func submit(connection: ConnectionSummary) {
@@ -96,10 +108,8 @@ public final class SpanPipeline: Sendable {
                 return (taken, q.finished, flush)
             }
             let processed = items.count
-            // Taken out of the batch one by one (reversed once, then popped): each item is moved into `process`,
-            // not copied and released again with the batch; a call record holds a dozen references.
-            items.reverse()
-            while let item = items.popLast() { process(item, using: &generator) }
+            for item in items { process(item, using: &generator) }
+            items.removeAll(keepingCapacity: true)
             spare = items
             let now = ContinuousClock.now
             if flushRequested || now - lastFlush >= flushInterval {
@@ -145,10 +155,10 @@ public final class SpanPipeline: Sendable {
         }
     }
 
-    private func process(_ item: consuming Item, using generator: inout SplitMix64) {
-        switch consume item {
-        case .call(let record, let info):
-            let span = builder.span(for: record, connection: info, using: &generator)
+    private func process(_ item: Item, using generator: inout SplitMix64) {
+        switch item {
+        case .call(let call):
+            let span = builder.span(for: call.record, connection: call.connection, using: &generator)
             counts.withLock {
                 $0.calls += 1
                 $0.spans += 1
