@@ -342,6 +342,34 @@ struct GRPCCallAssemblerTests {
         #expect(h.assembler.takeEvents().map(\.time) == [7], "only the end is left")
     }
 
+    @Test(
+        "a recorded message keeps slices of large reads, but a small one sliced from a large read is copied out, so the reads it came in can be freed"
+    )
+    func recordedMessagesDoNotHoldLargeReads() throws {
+        var limits = GRPCCallAssembler.Limits()
+        limits.recordEvents = true
+        var h = Harness(limits: limits)
+        try h.request(stream: 1)
+        // A 100-byte message at the start of a 256 KiB read, then a 200 KiB message filling the rest of that read
+        // and going on into a second 256 KiB read.
+        let small = Frames.message([UInt8](repeating: 1, count: 100))
+        let large = Frames.message([UInt8](repeating: 2, count: 200 << 10))
+        var first = ByteBufferAllocator().buffer(capacity: 256 << 10)
+        first.writeBytes(small + large.prefix(100 << 10))
+        var second = ByteBufferAllocator().buffer(capacity: 256 << 10)
+        second.writeBytes(large.dropFirst(100 << 10))
+        h.assembler.data(first, streamID: 1, direction: .clientToServer, at: 2)
+        h.assembler.data(second, streamID: 1, direction: .clientToServer, at: 3)
+        let messages = h.assembler.takeEvents().compactMap { event -> WireMessage? in
+            if case .message(let m) = event.kind { return m }
+            return nil
+        }
+        #expect(messages.map(\.pieces.count) == [100, 200 << 10])
+        #expect(messages.first?.pieces.retainedBytes ?? 0 < 4096, "the small message was copied out of its read")
+        #expect(messages.last?.pieces.pieces.count == 2, "the large message stays two slices, not copied")
+        #expect(messages.last.map { Array($0.payload.readableBytesView) } == [UInt8](repeating: 2, count: 200 << 10))
+    }
+
     @Test("a record's service and method need a path of exactly two parts")
     func pathParts() {
         #expect(GRPCCallRecord(streamID: 1, path: "/a.B/C", startTime: 0).methodName == "C")

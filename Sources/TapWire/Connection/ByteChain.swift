@@ -37,6 +37,26 @@ public struct ByteChain: Sendable {
         return kept
     }
 
+    /// Bytes of memory the pieces keep alive: the whole capacity of each buffer they slice (a buffer shared by
+    /// consecutive pieces counted once).
+    public var retainedBytes: Int {
+        var total = 0
+        var last: UnsafeRawPointer?
+        for piece in pieces {
+            let base = piece.withVeryUnsafeBytes { UnsafeRawPointer($0.baseAddress) }
+            if base != last { total += piece.storageCapacity }
+            last = base
+        }
+        return total
+    }
+
+    /// The same bytes in memory of their own, exactly their size, so the buffers they were sliced from can go.
+    public var compacted: ByteChain {
+        var buffer = ByteBufferAllocator().buffer(capacity: count)
+        for var piece in pieces { buffer.writeBuffer(&piece) }
+        return ByteChain(buffer)
+    }
+
     /// All bytes in one buffer: the piece itself when there is one, else a copy.
     public var joined: ByteBuffer {
         if pieces.count == 1 { return pieces[0] }

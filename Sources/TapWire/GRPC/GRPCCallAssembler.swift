@@ -280,9 +280,12 @@ public struct GRPCCallAssembler: Sendable {
         _ message: GRPCMessageFramer.Message, _ direction: Direction, capture: Int
     ) -> WireMessage {
         // The first request message may be kept longer for attribute extraction.
-        WireMessage(
-            direction: direction, compressed: message.compressed, length: message.length,
-            pieces: message.pieces.prefix(capture))
+        var pieces = message.pieces.prefix(capture)
+        // Slices keep the whole reads they point into alive while the message waits for the recorder. A message
+        // far smaller than those reads (a small call's, or one straddling two large reads) is copied out instead,
+        // so the recorder's queue limit, which counts payload bytes, also bounds the memory behind them.
+        if pieces.retainedBytes > 4 * pieces.count + 4096 { pieces = pieces.compacted }
+        return WireMessage(direction: direction, compressed: message.compressed, length: message.length, pieces: pieces)
     }
 
     private static func metadata(_ headers: HeaderBlock) -> [HeaderField] {
