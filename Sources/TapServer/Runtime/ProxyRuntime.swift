@@ -18,8 +18,8 @@ public struct ProxyRunOptions: Sendable {
     /// Event-loop threads; by default half the cores (at least one).
     ///
     /// The tap shares its host with Gitaly and its git processes, and spans (and a recording) are made on threads
-    /// of their own. On the benchmark's 2 cores one event loop beat two on every figure: 10–17 % less CPU per
-    /// unary call, more calls per second at 16 and 64 streams, equal or faster 1 GiB streams (BENCHMARKS.md).
+    /// of their own. On the benchmark's 2 cores one event loop used 10–17 % less CPU per unary call than two, with
+    /// equal calls per second in most runs; two reached more at 64 streams over TCP in some (BENCHMARKS.md).
     public var threads: Int = ProxyRunOptions.defaultThreads
 
     public static var defaultThreads: Int { max(1, System.coreCount / 2) }
