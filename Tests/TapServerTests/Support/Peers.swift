@@ -86,10 +86,26 @@ final class PeerProcess: @unchecked Sendable {
         }
     }
 
-    /// Waits until `path` exists (a socket the peer creates).
+    /// Waits until `path` exists and, when it is a unix socket, accepts connections: a peer's socket file appears at
+    /// `bind`, before its `listen`, and a connection made in between is refused.
     func waitForFile(_ path: String, timeout: Duration = .seconds(60)) async throws {
-        _ = try await waitFor(timeout: timeout, what: "\(path) to appear") {
-            FileManager.default.fileExists(atPath: path) ? true : nil
+        _ = try await waitFor(timeout: timeout, what: "\(path) to appear") { () -> Bool? in
+            guard FileManager.default.fileExists(atPath: path) else { return nil }
+            var info = stat()
+            guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK else { return true }
+            return Self.isListening(path) ? true : nil
+        }
+    }
+
+    /// True when the kernel lists a listening unix socket bound to `path` (/proc/net/unix: Flags has __SO_ACCEPTCON).
+    /// Looked up without connecting, so the peer sees no extra connection.
+    static func isListening(_ path: String) -> Bool {
+        guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return true }
+        return table.split(separator: "\n").dropFirst().contains { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { return false }
+            // Datagram sockets (type 0002) never listen: bound is ready.
+            return fields[4] == "0002" || flags & 0x10000 != 0
         }
     }
 
