@@ -1,5 +1,3 @@
-import NIOCore
-
 /// The bytes a `RecordingWriter` has encoded but not yet written, in memory aligned for direct I/O.
 ///
 /// The first pending byte is always at `base`, which is aligned to `alignment`: a whole-block direct write goes
@@ -25,24 +23,25 @@ final class PendingBytes {
 
     /// Appends `raw`, growing (by doubling) when it does not fit.
     func append(_ raw: UnsafeRawBufferPointer) {
-        guard raw.count > 0 else { return }
-        reserve(count + raw.count)
-        (base + count).copyMemory(from: raw.baseAddress!, byteCount: raw.count)
-        count += raw.count
+        withSink { $0.put(bytes: raw) }
     }
 
     /// Appends `record`, framed; its payload is copied once, from the connection's buffer.
     func append(_ record: SessionRecord) {
-        // Encoded through a local value: stores into it need none of the run-time exclusivity checks that every
-        // write to a class's stored property would.
+        withSink { record.append(to: &$0) }
+    }
+
+    /// Runs `body` on the pending memory as a local value: stores into it need none of the run-time exclusivity
+    /// checks that every write to a class's stored property would. The class then adopts the (maybe grown) memory.
+    private func withSink(_ body: (inout Sink) -> Void) {
         var sink = Sink(base: base, count: count, capacity: capacity, alignment: alignment)
-        record.append(to: &sink)
+        body(&sink)
         base = sink.base
         count = sink.count
         capacity = sink.capacity
     }
 
-    /// The pending memory while a record is encoded into it; grows it like `reserve` (the class then adopts it).
+    /// The pending memory while bytes are appended; grows by doubling into new aligned memory.
     private struct Sink: RecordSink {
         var base: UnsafeMutableRawPointer
         var count: Int
@@ -74,7 +73,13 @@ final class PendingBytes {
         }
 
         private mutating func grow(to needed: Int) {
-            (base, capacity) = PendingBytes.regrow(base, count: count, capacity: capacity, to: needed, alignment: alignment)
+            var grown = capacity
+            while grown < needed { grown *= 2 }
+            let bigger = UnsafeMutableRawPointer.allocate(byteCount: grown, alignment: alignment)
+            bigger.copyMemory(from: base, byteCount: count)
+            base.deallocate()
+            base = bigger
+            capacity = grown
         }
     }
 
@@ -86,22 +91,4 @@ final class PendingBytes {
     }
 
     func removeAll() { count = 0 }
-
-    private func reserve(_ needed: Int) {
-        guard needed > capacity else { return }
-        (base, capacity) = Self.regrow(base, count: count, capacity: capacity, to: needed, alignment: alignment)
-    }
-
-    /// Memory of at least `needed` bytes (doubling `capacity`) holding the first `count` bytes of `base`, which is
-    /// freed.
-    fileprivate static func regrow(
-        _ base: UnsafeMutableRawPointer, count: Int, capacity: Int, to needed: Int, alignment: Int
-    ) -> (UnsafeMutableRawPointer, Int) {
-        var grown = capacity
-        while grown < needed { grown *= 2 }
-        let bigger = UnsafeMutableRawPointer.allocate(byteCount: grown, alignment: alignment)
-        bigger.copyMemory(from: base, byteCount: count)
-        base.deallocate()
-        return (bigger, grown)
-    }
 }

@@ -41,7 +41,6 @@ public final class RecordingWriter {
     private var tailWritten = 0
     /// Encoded records not yet written.
     private let pending = PendingBytes(capacity: 1 << 20, alignment: RecordingWriter.directAlignment)
-    /// A record's framing (or a whole small record) before it joins `pending`.
     private var bytesInFile: UInt64 = 0
     /// The largest record (by `encodedSizeEstimate`) that fits in a file next to its opening and closing records.
     private var recordRoom = Int.max

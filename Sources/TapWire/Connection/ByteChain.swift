@@ -51,15 +51,13 @@ public struct ByteChain: Sendable {
     }
 
     /// The same bytes in memory of their own, exactly their size, so the buffers they were sliced from can go.
-    public var compacted: ByteChain {
-        var buffer = ByteBufferAllocator().buffer(capacity: count)
-        for var piece in pieces { buffer.writeBuffer(&piece) }
-        return ByteChain(buffer)
-    }
+    public var compacted: ByteChain { ByteChain(copied()) }
 
     /// All bytes in one buffer: the piece itself when there is one, else a copy.
-    public var joined: ByteBuffer {
-        if pieces.count == 1 { return pieces[0] }
+    public var joined: ByteBuffer { pieces.count == 1 ? pieces[0] : copied() }
+
+    /// All bytes copied into one new buffer of exactly their size.
+    private func copied() -> ByteBuffer {
         var buffer = ByteBufferAllocator().buffer(capacity: count)
         for var piece in pieces { buffer.writeBuffer(&piece) }
         return buffer

@@ -364,11 +364,4 @@ struct HuffmanDecoder: Sendable {
         }
         guard accepting[state] else { throw WireDecodingError("invalid HPACK Huffman padding") }
     }
-
-    /// The decoded octets of `bytes`.
-    func decode(_ bytes: [UInt8]) throws -> [UInt8] {
-        var out: [UInt8] = []
-        try bytes.withUnsafeBytes { try decode($0, into: &out) }
-        return out
-    }
 }
