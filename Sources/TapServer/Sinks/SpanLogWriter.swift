@@ -14,9 +14,9 @@ public final class SpanLogWriter: SpanSink {
         public var description: String
     }
 
-    private struct State {
+    private struct State: ~Copyable {
         var fd: Int32
-        var buffer: [UInt8] = []
+        var buffer = JSONBytes(capacity: 80 * 1024)
         var failed = false
         var keyOrder = SpanJSONEncoder.KeyOrderCache()
     }
@@ -52,7 +52,7 @@ public final class SpanLogWriter: SpanSink {
         let needsFlush = state.withLock { state in
             // Encoded straight into the write buffer: no intermediate String or copy per span.
             SpanJSONEncoder.encode(span, into: &state.buffer, cache: &state.keyOrder)
-            state.buffer.append(UInt8(ascii: "\n"))
+            state.buffer.byte(UInt8(ascii: "\n"))
             return state.buffer.count >= 64 * 1024
         }
         if needsFlush { flush() }
@@ -61,22 +61,24 @@ public final class SpanLogWriter: SpanSink {
     public func flush() {
         state.withLock { state in
             guard !state.buffer.isEmpty, !state.failed else {
-                state.buffer.removeAll(keepingCapacity: true)
+                state.buffer.removeAll()
                 return
             }
-            var offset = 0
-            state.buffer.withUnsafeBytes { raw in
+            let fd = state.fd
+            let written = state.buffer.withUnsafeBytes { raw -> Bool in
+                var offset = 0
                 while offset < raw.count {
-                    let n = Glibc.write(state.fd, raw.baseAddress! + offset, raw.count - offset)
+                    let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
                     if n < 0 {
                         if errno == EINTR { continue }
-                        state.failed = true
-                        return
+                        return false
                     }
                     offset += n
                 }
+                return true
             }
-            state.buffer.removeAll(keepingCapacity: true)
+            if !written { state.failed = true }
+            state.buffer.removeAll()
         }
     }
 }

@@ -96,6 +96,7 @@ public final class SpanPipeline: Sendable {
     /// an uncontended lock, never a thread wake-up.
     public func run(flushInterval: Duration = .milliseconds(200), batchInterval: Duration = .milliseconds(5)) async {
         var generator = SplitMix64(seed: UInt64.random(in: .min ... .max))
+        var names = MethodNames()
         var spare: [Item] = []
         var lastFlush = ContinuousClock.now
         var pause = batchInterval
@@ -108,7 +109,7 @@ public final class SpanPipeline: Sendable {
                 return (taken, q.finished, flush)
             }
             let processed = items.count
-            for item in items { process(item, using: &generator) }
+            for item in items { process(item, using: &generator, names: &names) }
             items.removeAll(keepingCapacity: true)
             spare = items
             let now = ContinuousClock.now
@@ -130,7 +131,7 @@ public final class SpanPipeline: Sendable {
             defer { q.items = [] }
             return q.items
         }
-        for item in rest { process(item, using: &generator) }
+        for item in rest { process(item, using: &generator, names: &names) }
         if let observer { write(observer.finish()) }
         for sink in sinks { sink.flush() }
         let c = currentCounts
@@ -155,10 +156,10 @@ public final class SpanPipeline: Sendable {
         }
     }
 
-    private func process(_ item: Item, using generator: inout SplitMix64) {
+    private func process(_ item: Item, using generator: inout SplitMix64, names: inout MethodNames) {
         switch item {
         case .call(let call):
-            let span = builder.span(for: call.record, connection: call.connection, using: &generator)
+            let span = builder.span(for: call.record, connection: call.connection, using: &generator, names: &names)
             counts.withLock {
                 $0.calls += 1
                 $0.spans += 1

@@ -11,10 +11,10 @@
 public enum SpanJSONEncoder {
     /// The span as one JSON object, without a trailing newline: the sink adds the line separator.
     public static func encode(_ span: Span) -> String {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(512)
-        encode(span, into: &bytes)
-        return String(decoding: bytes, as: UTF8.self)
+        var bytes = JSONBytes()
+        var cache = KeyOrderCache()
+        encode(span, into: &bytes, cache: &cache)
+        return bytes.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
     }
 
     /// How to write one attribute key sequence: the positions that put it in key order, and each key already
@@ -27,11 +27,11 @@ public enum SpanJSONEncoder {
             let pairs = attributes.pairs
             order = pairs.indices.sorted { pairs[$0].key < pairs[$1].key }
             renderedKeys = order.enumerated().map { index, position in
-                var bytes: [UInt8] = []
-                if index > 0 { bytes.append(UInt8(ascii: ",")) }
-                SpanJSONEncoder.string(pairs[position].key, into: &bytes)
-                bytes.append(UInt8(ascii: ":"))
-                return bytes
+                var bytes = JSONBytes(capacity: 64)
+                if index > 0 { bytes.byte(UInt8(ascii: ",")) }
+                bytes.string(pairs[position].key)
+                bytes.byte(UInt8(ascii: ":"))
+                return bytes.array
             }
         }
     }
@@ -76,180 +76,76 @@ public enum SpanJSONEncoder {
 
     /// Appends the span to `bytes`, taking the attribute order from `cache` when the keys are the same as last time.
     public static func encode(_ span: Span, into bytes: inout [UInt8], cache: inout KeyOrderCache) {
-        bytes.append(UInt8(ascii: "{"))
-        key("traceId", into: &bytes, first: true)
-        bytes.append(UInt8(ascii: "\""))
-        hex(span.traceID.high, into: &bytes)
-        hex(span.traceID.low, into: &bytes)
-        bytes.append(UInt8(ascii: "\""))
-        key("spanId", into: &bytes)
-        quotedHex(span.spanID.value, into: &bytes)
+        var line = JSONBytes()
+        encode(span, into: &line, cache: &cache)
+        line.withUnsafeBytes { bytes.append(contentsOf: $0) }
+    }
+
+    /// Appends the span to `bytes`, taking the attribute order from `cache` when the keys are the same as last time:
+    /// what the span log does for every span.
+    public static func encode(_ span: Span, into bytes: inout JSONBytes, cache: inout KeyOrderCache) {
+        bytes.raw("{\"traceId\":\"")
+        bytes.hex(span.traceID.high)
+        bytes.hex(span.traceID.low)
+        bytes.raw("\",\"spanId\":\"")
+        bytes.hex(span.spanID.value)
         if let parent = span.parentSpanID {
-            key("parentSpanId", into: &bytes)
-            quotedHex(parent.value, into: &bytes)
+            bytes.raw("\",\"parentSpanId\":\"")
+            bytes.hex(parent.value)
         }
-        key("name", into: &bytes)
-        string(span.name, into: &bytes)
-        key("kind", into: &bytes)
-        string(span.kind.rawValue, into: &bytes)
-        key("startTimeUnixNano", into: &bytes)
-        unsigned(span.startTimeUnixNano, into: &bytes)
-        key("endTimeUnixNano", into: &bytes)
-        unsigned(span.endTimeUnixNano, into: &bytes)
-
-        key("status", into: &bytes)
-        bytes.append(UInt8(ascii: "{"))
-        key("code", into: &bytes, first: true)
-        string(span.status.code.rawValue, into: &bytes)
+        bytes.raw("\",\"name\":")
+        bytes.string(span.name)
+        bytes.raw(",\"kind\":")
+        bytes.string(span.kind.rawValue)
+        bytes.raw(",\"startTimeUnixNano\":")
+        bytes.unsigned(span.startTimeUnixNano)
+        bytes.raw(",\"endTimeUnixNano\":")
+        bytes.unsigned(span.endTimeUnixNano)
+        bytes.raw(",\"status\":{\"code\":")
+        bytes.string(span.status.code.rawValue)
         if let message = span.status.message {
-            key("message", into: &bytes)
-            string(message, into: &bytes)
+            bytes.raw(",\"message\":")
+            bytes.string(message)
         }
-        bytes.append(UInt8(ascii: "}"))
-
-        key("attributes", into: &bytes)
+        bytes.raw("},\"attributes\":")
         attributes(span.attributes, layout: cache.layout(of: span.attributes), into: &bytes)
 
         if !span.events.isEmpty {
-            key("events", into: &bytes)
-            bytes.append(UInt8(ascii: "["))
+            bytes.raw(",\"events\":[")
             for (index, event) in span.events.enumerated() {
-                if index > 0 { bytes.append(UInt8(ascii: ",")) }
-                bytes.append(UInt8(ascii: "{"))
-                key("name", into: &bytes, first: true)
-                string(event.name, into: &bytes)
-                key("timeUnixNano", into: &bytes)
-                unsigned(event.timeUnixNano, into: &bytes)
-                key("attributes", into: &bytes)
+                bytes.raw(index > 0 ? ",{\"name\":" : "{\"name\":")
+                bytes.string(event.name)
+                bytes.raw(",\"timeUnixNano\":")
+                bytes.unsigned(event.timeUnixNano)
+                bytes.raw(",\"attributes\":")
                 attributes(event.attributes, layout: AttributeLayout(event.attributes), into: &bytes)
-                bytes.append(UInt8(ascii: "}"))
+                bytes.byte(UInt8(ascii: "}"))
             }
-            bytes.append(UInt8(ascii: "]"))
+            bytes.byte(UInt8(ascii: "]"))
         }
-        bytes.append(UInt8(ascii: "}"))
-    }
-
-    // MARK: - Pieces
-
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
-
-    /// `,"name":` (or without the comma for the first key of an object). Key names here need no escaping.
-    private static func key(_ name: StaticString, into bytes: inout [UInt8], first: Bool = false) {
-        if !first { bytes.append(UInt8(ascii: ",")) }
-        bytes.append(UInt8(ascii: "\""))
-        name.withUTF8Buffer { bytes.append(contentsOf: $0) }
-        bytes.append(UInt8(ascii: "\""))
-        bytes.append(UInt8(ascii: ":"))
+        bytes.byte(UInt8(ascii: "}"))
     }
 
     /// The attributes as a JSON object, keys and order from `layout`.
-    private static func attributes(_ attributes: SpanAttributes, layout: AttributeLayout, into bytes: inout [UInt8]) {
-        bytes.append(UInt8(ascii: "{"))
+    private static func attributes(_ attributes: SpanAttributes, layout: AttributeLayout, into bytes: inout JSONBytes) {
+        bytes.byte(UInt8(ascii: "{"))
         let pairs = attributes.pairs
         for (index, position) in layout.order.enumerated() {
-            bytes.append(contentsOf: layout.renderedKeys[index])
-            value(pairs[position].value, into: &bytes)
-        }
-        bytes.append(UInt8(ascii: "}"))
-    }
-
-    private static func value(_ value: AttributeValue, into bytes: inout [UInt8]) {
-        switch value {
-        case .string(let text):
-            string(text, into: &bytes)
-        case .int(let number):
-            if number < 0 { bytes.append(UInt8(ascii: "-")) }
-            unsigned(number.magnitude, into: &bytes)
-        case .double(let number):
-            if number.isNaN {
-                string("NaN", into: &bytes)
-            } else if number.isInfinite {
-                string(number < 0 ? "-Infinity" : "Infinity", into: &bytes)
-            } else {
-                // Swift prints the shortest round-tripping form (`0.1`, `1e-07`, `1e+20`), all valid JSON numbers.
-                bytes.append(contentsOf: number.description.utf8)
-            }
-        case .bool(let flag):
-            bytes.append(contentsOf: (flag ? "true" : "false").utf8)
-        case .stringArray(let texts):
-            bytes.append(UInt8(ascii: "["))
-            for (index, text) in texts.enumerated() {
-                if index > 0 { bytes.append(UInt8(ascii: ",")) }
-                string(text, into: &bytes)
-            }
-            bytes.append(UInt8(ascii: "]"))
-        }
-    }
-
-    /// A JSON string literal (RFC 8259 §7): `"` and `\` escaped, C0 controls as short escapes or `\u00XX`.
-    /// Everything else, including non-ASCII, is copied as UTF-8 (a Swift string is always valid UTF-8).
-    static func string(_ text: String, into bytes: inout [UInt8]) {
-        bytes.append(UInt8(ascii: "\""))
-        // Fast path: most names and values need no escape; copy their UTF-8 in one go.
-        let copied = text.utf8.withContiguousStorageIfAvailable { utf8 -> Bool in
-            guard !utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else {
-                return false
-            }
-            bytes.append(contentsOf: utf8)
-            return true
-        }
-        if copied == true {
-            bytes.append(UInt8(ascii: "\""))
-            return
-        }
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
-            case UInt8(ascii: "\\"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
-            case UInt8(ascii: "\n"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
-            case UInt8(ascii: "\r"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
-            case UInt8(ascii: "\t"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
-            case 0x00..<0x20:
-                bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
-                bytes.append(hexDigits[Int(byte >> 4)])
-                bytes.append(hexDigits[Int(byte & 0xF)])
-            default:
-                bytes.append(byte)
+            bytes.append(layout.renderedKeys[index])
+            switch pairs[position].value {
+            case .string(let text): bytes.string(text)
+            case .int(let number): bytes.signed(number)
+            case .double(let number): bytes.double(number)
+            case .bool(let flag): if flag { bytes.raw("true") } else { bytes.raw("false") }
+            case .stringArray(let texts):
+                bytes.byte(UInt8(ascii: "["))
+                for (index, text) in texts.enumerated() {
+                    if index > 0 { bytes.byte(UInt8(ascii: ",")) }
+                    bytes.string(text)
+                }
+                bytes.byte(UInt8(ascii: "]"))
             }
         }
-        bytes.append(UInt8(ascii: "\""))
-    }
-
-    /// A decimal JSON integer, its digits formed in a small stack buffer and appended at once.
-    private static func unsigned(_ number: UInt64, into bytes: inout [UInt8]) {
-        guard number >= 10 else {
-            bytes.append(UInt8(ascii: "0") + UInt8(number))
-            return
-        }
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
-            var start = digits.count
-            var rest = number
-            while rest > 0 {
-                start -= 1
-                digits[start] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-            }
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start...]))
-        }
-    }
-
-    /// 16 lower-case hex digits.
-    private static func hex(_ number: UInt64, into bytes: inout [UInt8]) {
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16) { digits in
-            var rest = number
-            for index in stride(from: 15, through: 0, by: -1) {
-                let digit = UInt8(truncatingIfNeeded: rest & 0xF)
-                digits[index] = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") - 10 + digit
-                rest >>= 4
-            }
-            bytes.append(contentsOf: UnsafeBufferPointer(digits))
-        }
-    }
-
-    /// 16 hex digits in quotes.
-    private static func quotedHex(_ number: UInt64, into bytes: inout [UInt8]) {
-        bytes.append(UInt8(ascii: "\""))
-        hex(number, into: &bytes)
-        bytes.append(UInt8(ascii: "\""))
+        bytes.byte(UInt8(ascii: "}"))
     }
 }

@@ -39,18 +39,36 @@ public enum GitLabMetadata {
         public static let sidechannelID = "gitaly.sidechannel_id"
     }
 
-    /// Plain string attributes: metadata key → attribute key.
-    private static let stringAttributes: [String: String] = [
-        "x-gitlab-correlation-id": AttributeKey.correlationID,
-        "user_id": AttributeKey.userID,
-        "username": AttributeKey.username,
-        "remote_ip": AttributeKey.remoteIP,
-        "key_id": AttributeKey.keyID,
-        "key_type": AttributeKey.keyType,
-        "gitaly-session-id": AttributeKey.sessionID,
-        "call_site": AttributeKey.callSite,
-        "deadline_type": AttributeKey.deadlineType,
-    ]
+    /// What a metadata key means to the span.
+    private enum Role: Sendable {
+        /// A plain string attribute under this key.
+        case string(String)
+        /// `x-gitlab-client-name`, which wins over `client_name`.
+        case clientName
+        /// `client_name`.
+        case rawClientName
+        /// `gitaly-sidechannel-id`.
+        case sidechannelID
+        /// A secret: never read.
+        case redacted
+    }
+
+    /// The metadata keys read, and how.
+    private static let roles = NameTable<Role>([
+        "x-gitlab-correlation-id": .string(AttributeKey.correlationID),
+        "user_id": .string(AttributeKey.userID),
+        "username": .string(AttributeKey.username),
+        "remote_ip": .string(AttributeKey.remoteIP),
+        "key_id": .string(AttributeKey.keyID),
+        "key_type": .string(AttributeKey.keyType),
+        "gitaly-session-id": .string(AttributeKey.sessionID),
+        "call_site": .string(AttributeKey.callSite),
+        "deadline_type": .string(AttributeKey.deadlineType),
+        "x-gitlab-client-name": .clientName,
+        "client_name": .rawClientName,
+        "gitaly-sidechannel-id": .sidechannelID,
+        "authorization": .redacted,
+    ])
 
     /// Span attributes from request metadata.
     ///
@@ -66,21 +84,21 @@ public enum GitLabMetadata {
         var rawClientName: String?
         var enabled: Set<String> = []
         var disabled: Set<String> = []
-        for (name, value) in metadata where !value.isEmpty && !redactedMetadataNames.contains(name) {
-            if let key = stringAttributes[name] {
+        for (name, value) in metadata where !value.isEmpty {
+            switch roles[name] {
+            case .string(let key):
                 if attributes[key] == nil { attributes[key] = .string(value) }
-                continue
-            }
-            switch name {
-            case "x-gitlab-client-name":
+            case .clientName:
                 if attributes[AttributeKey.clientName] == nil { attributes[AttributeKey.clientName] = .string(value) }
-            case "client_name":
+            case .rawClientName:
                 if rawClientName == nil { rawClientName = value }
-            case "gitaly-sidechannel-id":
+            case .sidechannelID:
                 if attributes[AttributeKey.sidechannelID] == nil, let id = Int64(value) {
                     attributes[AttributeKey.sidechannelID] = .int(id)
                 }
-            default:
+            case .redacted:
+                continue
+            case nil:
                 guard name.hasPrefix(featureFlagPrefix) else { continue }
                 let flag = String(name.dropFirst(featureFlagPrefix.count))
                 guard !flag.isEmpty, !enabled.contains(flag), !disabled.contains(flag) else { continue }

@@ -8,7 +8,7 @@
 public enum OTLPJSONEncoder {
     /// The request body for `spans`.
     public static func encode(_ spans: [Span], resource: OTLPResource) -> [UInt8] {
-        var w = JSONWriter(reservingCapacity: 256 + spans.count * 1024)
+        var w = JSONBytes(capacity: 256 + spans.count * 1024)
         w.raw("{\"resourceSpans\":[{\"resource\":{\"attributes\":")
         w.array(resource.attributes) { w, pair in keyValue(pair.key, pair.value, into: &w) }
         w.raw("},\"scopeSpans\":[{\"scope\":{\"name\":")
@@ -18,10 +18,10 @@ public enum OTLPJSONEncoder {
         w.raw("},\"spans\":")
         w.array(spans) { w, span in encodeSpan(span, into: &w) }
         w.raw("}]}]}")
-        return w.bytes
+        return w.array
     }
 
-    private static func encodeSpan(_ span: Span, into w: inout JSONWriter) {
+    private static func encodeSpan(_ span: Span, into w: inout JSONBytes) {
         w.raw("{\"traceId\":\"")
         w.hex(span.traceID.high)
         w.hex(span.traceID.low)
@@ -40,23 +40,23 @@ public enum OTLPJSONEncoder {
         let flags = OTLPEnums.flags(span)
         if flags != 0 {
             w.raw(",\"flags\":")
-            w.decimal(UInt64(flags))
+            w.unsigned(UInt64(flags))
         }
         w.raw(",\"name\":")
         w.string(span.name)
         w.raw(",\"kind\":")
-        w.decimal(OTLPEnums.kind(span.kind))
+        w.unsigned(OTLPEnums.kind(span.kind))
         w.raw(",\"startTimeUnixNano\":")
-        w.quotedDecimal(span.startTimeUnixNano)
+        w.quotedUnsigned(span.startTimeUnixNano)
         w.raw(",\"endTimeUnixNano\":")
-        w.quotedDecimal(span.endTimeUnixNano)
+        w.quotedUnsigned(span.endTimeUnixNano)
         w.raw(",\"attributes\":")
         attributes(span.attributes, into: &w)
         if !span.events.isEmpty {
             w.raw(",\"events\":")
             w.array(span.events) { w, event in
                 w.raw("{\"timeUnixNano\":")
-                w.quotedDecimal(event.timeUnixNano)
+                w.quotedUnsigned(event.timeUnixNano)
                 w.raw(",\"name\":")
                 w.string(event.name)
                 w.raw(",\"attributes\":")
@@ -74,17 +74,17 @@ public enum OTLPJSONEncoder {
         let code = OTLPEnums.statusCode(span.status.code)
         if code != 0 {
             w.raw(first ? "\"code\":" : ",\"code\":")
-            w.decimal(code)
+            w.unsigned(code)
         }
         w.raw("}}")
     }
 
-    private static func attributes(_ attributes: SpanAttributes, into w: inout JSONWriter) {
+    private static func attributes(_ attributes: SpanAttributes, into w: inout JSONBytes) {
         // In the order the tap set them: OTLP gives attributes no order.
         w.array(attributes.pairs) { w, pair in keyValue(pair.key, pair.value, into: &w) }
     }
 
-    private static func keyValue(_ key: String, _ value: AttributeValue, into w: inout JSONWriter) {
+    private static func keyValue(_ key: String, _ value: AttributeValue, into w: inout JSONBytes) {
         w.raw("{\"key\":")
         w.string(key)
         w.raw(",\"value\":")
@@ -92,7 +92,7 @@ public enum OTLPJSONEncoder {
         w.raw("}")
     }
 
-    private static func anyValue(_ value: AttributeValue, into w: inout JSONWriter) {
+    private static func anyValue(_ value: AttributeValue, into w: inout JSONBytes) {
         switch value {
         case .string(let text):
             w.raw("{\"stringValue\":")
@@ -101,19 +101,11 @@ public enum OTLPJSONEncoder {
             w.raw(flag ? "{\"boolValue\":true" : "{\"boolValue\":false")
         case .int(let number):
             w.raw("{\"intValue\":\"")
-            if number < 0 { w.raw("-") }
-            w.decimal(number.magnitude)
+            w.signed(number)
             w.raw("\"")
         case .double(let number):
             w.raw("{\"doubleValue\":")
-            if number.isNaN {
-                w.raw("\"NaN\"")
-            } else if number.isInfinite {
-                w.raw(number < 0 ? "\"-Infinity\"" : "\"Infinity\"")
-            } else {
-                // Swift prints the shortest round-tripping form (`0.1`, `1e-07`, `1e+20`), all valid JSON numbers.
-                w.raw(number.description)
-            }
+            w.double(number)
         case .stringArray(let texts):
             w.raw("{\"arrayValue\":{\"values\":")
             w.array(texts) { w, text in
@@ -124,83 +116,5 @@ public enum OTLPJSONEncoder {
             w.raw("}")
         }
         w.raw("}")
-    }
-}
-
-/// Appends JSON text to a byte array: the few pieces the OTLP/JSON encoder needs.
-struct JSONWriter {
-    private(set) var bytes: [UInt8] = []
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
-
-    init(reservingCapacity capacity: Int) {
-        bytes.reserveCapacity(capacity)
-    }
-
-    /// Text copied as is: structure and keys, which need no escaping.
-    mutating func raw(_ text: String) {
-        bytes.append(contentsOf: text.utf8)
-    }
-
-    /// `[a,b,...]`, each element written by `element`.
-    mutating func array<S: Sequence>(_ elements: S, _ element: (inout JSONWriter, S.Element) -> Void) {
-        bytes.append(UInt8(ascii: "["))
-        var first = true
-        for item in elements {
-            if !first { bytes.append(UInt8(ascii: ",")) }
-            first = false
-            element(&self, item)
-        }
-        bytes.append(UInt8(ascii: "]"))
-    }
-
-    /// A JSON string literal (RFC 8259 §7): `"` and `\` escaped, C0 controls as short escapes or `\u00XX`, the rest
-    /// copied as UTF-8 (a Swift string is always valid UTF-8).
-    mutating func string(_ text: String) {
-        bytes.append(UInt8(ascii: "\""))
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
-            case UInt8(ascii: "\\"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
-            case UInt8(ascii: "\n"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
-            case UInt8(ascii: "\r"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
-            case UInt8(ascii: "\t"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
-            case 0x00..<0x20:
-                bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
-                bytes.append(Self.hexDigits[Int(byte >> 4)])
-                bytes.append(Self.hexDigits[Int(byte & 0xF)])
-            default:
-                bytes.append(byte)
-            }
-        }
-        bytes.append(UInt8(ascii: "\""))
-    }
-
-    /// A decimal integer.
-    mutating func decimal(_ number: UInt64) {
-        guard number != 0 else {
-            bytes.append(UInt8(ascii: "0"))
-            return
-        }
-        let start = bytes.count
-        var rest = number
-        while rest > 0 {
-            bytes.append(UInt8(ascii: "0") + UInt8(rest % 10))
-            rest /= 10
-        }
-        bytes[start...].reverse()
-    }
-
-    /// A decimal integer in quotes: how proto3 JSON writes 64-bit integers.
-    mutating func quotedDecimal(_ number: UInt64) {
-        bytes.append(UInt8(ascii: "\""))
-        decimal(number)
-        bytes.append(UInt8(ascii: "\""))
-    }
-
-    /// 16 lower-case hex digits.
-    mutating func hex(_ number: UInt64) {
-        for shift in stride(from: 60, through: 0, by: -4) {
-            bytes.append(Self.hexDigits[Int((number >> UInt64(shift)) & 0xF)])
-        }
     }
 }

@@ -21,6 +21,23 @@ public struct TraceContextExtraction: Hashable, Sendable {
 /// `uber-trace-id` (OpenTracing LabKit), then B3 (`b3`, then `x-b3-*`). A malformed header falls through to the
 /// next format. Never throws: bad input only shows up in ``TraceContextExtraction/malformed``.
 public enum TraceContextExtractor {
+    /// The trace headers, by name.
+    private enum Header: Sendable {
+        case traceparent, tracestate, jaeger, b3Single, b3Multi
+    }
+
+    private static let headers = NameTable<Header>([
+        TraceparentParser.headerName: .traceparent,
+        TraceparentParser.stateHeaderName: .tracestate,
+        JaegerParser.headerName: .jaeger,
+        B3Parser.singleHeaderName: .b3Single,
+        B3Parser.traceIDHeaderName: .b3Multi,
+        B3Parser.spanIDHeaderName: .b3Multi,
+        B3Parser.parentSpanIDHeaderName: .b3Multi,
+        B3Parser.sampledHeaderName: .b3Multi,
+        B3Parser.flagsHeaderName: .b3Multi,
+    ])
+
     /// Extracts the caller's context.
     ///
     /// - Parameter metadata: request metadata in arrival order, names already lower-case (as HTTP/2 sends them).
@@ -36,16 +53,13 @@ public enum TraceContextExtractor {
         var hasB3Multi = false
         var hasBaggage = false
         for (name, value) in metadata {
-            switch name {
-            case TraceparentParser.headerName: traceparents.append(value)
-            case TraceparentParser.stateHeaderName: tracestates.append(value)
-            case JaegerParser.headerName where uberTraceID == nil: uberTraceID = value
-            case B3Parser.singleHeaderName where b3Single == nil: b3Single = value
-            case B3Parser.traceIDHeaderName, B3Parser.spanIDHeaderName, B3Parser.parentSpanIDHeaderName,
-                B3Parser.sampledHeaderName, B3Parser.flagsHeaderName:
-                hasB3Multi = true
-            default:
-                if name.hasPrefix(JaegerParser.baggagePrefix) { hasBaggage = true }
+            switch headers[name] {
+            case .traceparent: traceparents.append(value)
+            case .tracestate: tracestates.append(value)
+            case .jaeger: if uberTraceID == nil { uberTraceID = value }
+            case .b3Single: if b3Single == nil { b3Single = value }
+            case .b3Multi: hasB3Multi = true
+            case nil: if name.hasPrefix(JaegerParser.baggagePrefix) { hasBaggage = true }
             }
         }
 

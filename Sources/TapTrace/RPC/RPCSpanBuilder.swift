@@ -17,14 +17,23 @@ public struct RPCSpanBuilder: Sendable {
     public func span<G: RandomNumberGenerator>(
         for record: GRPCCallRecord, connection: ConnectionInfo, using generator: inout G
     ) -> Span {
+        var names = MethodNames()
+        return span(for: record, connection: connection, using: &generator, names: &names)
+    }
+
+    /// The RPC span for `record`, drawing new ids from `generator` and taking the names of its method from `names`
+    /// (what a caller that builds many spans keeps between them).
+    public func span<G: RandomNumberGenerator>(
+        for record: GRPCCallRecord, connection: ConnectionInfo, using generator: inout G, names: inout MethodNames
+    ) -> Span {
+        let method = names.names(for: record)
         let metadata = record.requestMetadata.map { (name: $0.name, value: $0.value) }
         let extraction = TraceContextExtractor.extract(from: metadata)
         // One allocation for the metadata's attributes and the builder's own (up to about 30 with a sidechannel).
         var attributes = GitLabMetadata.attributes(from: metadata, capacity: metadata.count + 32)
 
         attributes.append("rpc.system", .string("grpc"))
-        let serviceAndMethod = record.serviceAndMethod
-        if let (service, method) = serviceAndMethod {
+        if let service = method.service, let method = method.method {
             attributes.append("rpc.service", .string(service))
             attributes.append("rpc.method", .string(method))
         }
@@ -56,7 +65,7 @@ public struct RPCSpanBuilder: Sendable {
         }
         var events: [Span.Event] = []
         if let sidechannel = record.sidechannel {
-            Self.addSidechannel(sidechannel, ssh: serviceAndMethod?.service == "gitaly.SSHService", to: &attributes, events: &events)
+            Self.addSidechannel(sidechannel, ssh: method.service == "gitaly.SSHService", to: &attributes, events: &events)
         }
         if let message = record.firstRequestMessage, !record.firstRequestMessageCompressed,
             let repository = RepositoryExtractor.extract(fromRequest: message.readableBytesView)
@@ -85,7 +94,7 @@ public struct RPCSpanBuilder: Sendable {
             traceID: traceID,
             spanID: SpanID.random(using: &generator),
             parentSpanID: parent,
-            name: record.path.hasPrefix("/") ? String(record.path.dropFirst()) : record.path,
+            name: method.spanName,
             kind: .server,
             startTimeUnixNano: record.startTime,
             endTimeUnixNano: max(record.endTime, record.startTime),
@@ -209,5 +218,41 @@ public struct RPCSpanBuilder: Sendable {
         case .decodingStopped(let reason):
             return .init(code: .error, message: "decoding stopped before the call ended: \(reason)")
         }
+    }
+}
+
+/// The span name, service and method of the last few paths a span builder saw.
+///
+/// A Gitaly serves a few dozen methods, and making the three strings anew for every call cost a tenth of building
+/// its span; calls of the same method now share them.
+public struct MethodNames: Sendable {
+    struct Entry: Sendable {
+        var path: String
+        /// The path without its leading `/`.
+        var spanName: String
+        var service: String?
+        var method: String?
+    }
+
+    /// Most recently used first.
+    private var entries: [Entry] = []
+    private static let capacity = 8
+
+    public init() {}
+
+    /// The names for `record`'s path.
+    mutating func names(for record: GRPCCallRecord) -> Entry {
+        let path = record.path
+        if let index = entries.firstIndex(where: { $0.path == path }) {
+            if index > 0 { entries.swapAt(index, 0) }
+            return entries[0]
+        }
+        let parts = record.serviceAndMethod
+        let entry = Entry(
+            path: path, spanName: path.hasPrefix("/") ? String(path.dropFirst()) : path,
+            service: parts?.service, method: parts?.method)
+        if entries.count == Self.capacity { entries.removeLast() }
+        entries.insert(entry, at: 0)
+        return entry
     }
 }
