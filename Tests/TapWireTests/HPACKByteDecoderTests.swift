@@ -1,6 +1,6 @@
 import NIOCore
 import NIOHPACK
-import TapWire
+@testable import TapWire
 import Testing
 
 private func hex(_ text: String) -> ByteBuffer {
@@ -151,5 +151,42 @@ struct HPACKByteDecoderTests {
         #expect(throws: WireDecodingError.self) { try decoder.decode(ByteBuffer(bytes: [0x3F, 0xE1, 0x3F])) }
         // Huffman string whose padding is not all ones.
         #expect(throws: WireDecodingError.self) { try decoder.decode(ByteBuffer(bytes: [0x00, 0x81, 0x61, 0x81, 0x00])) }
+    }
+}
+
+@Suite("HeaderStrings")
+struct HeaderStringsTests {
+    func make(_ bytes: [UInt8], _ strings: inout HeaderStrings) -> String {
+        bytes.withUnsafeBytes { strings.string($0) }
+    }
+
+    @Test("gives what String(decoding:) gives for every input, repeated or not, colliding or not, valid UTF-8 or not")
+    func sameAsDecoding() {
+        var strings = HeaderStrings()
+        var generator = SystemRandomNumberGenerator()
+        // Same length, same first and last 8 octets, different middles: the same slot, told apart by the comparison.
+        let twins = ["application/grpc+proto-a-middle", "application/grpc+proto-b-middle"].map { Array($0.utf8) }
+        var inputs: [[UInt8]] = twins + [Array("short".utf8), [], [0xFF, 0xFE] + Array(repeating: 0x41, count: 20)]
+        inputs += (0..<200).map { _ in
+            (0..<Int.random(in: 0...300, using: &generator)).map { _ in UInt8.random(in: 0x20...0x7E, using: &generator) }
+        }
+        inputs.append(Array("gitaly-feature-é-日本-".utf8) + Array(repeating: 0x7A, count: 10))
+        for round in 0..<3 {
+            for bytes in round == 1 ? inputs.reversed() : inputs {
+                #expect(make(bytes, &strings) == String(decoding: bytes, as: UTF8.self))
+            }
+        }
+        #expect(make(twins[0], &strings) == "application/grpc+proto-a-middle")
+        #expect(make(twins[1], &strings) == "application/grpc+proto-b-middle")
+    }
+
+    @Test("a repeated name or value is the same string, not a new one")
+    func reuses() {
+        var strings = HeaderStrings()
+        let bytes = Array("x-gitlab-correlation-id".utf8)
+        let first = make(bytes, &strings)
+        let second = make(bytes, &strings)
+        // Equal strings that share storage have identical raw bits; a fresh copy would not.
+        #expect(unsafeBitCast(first, to: (UInt64, UInt64).self) == unsafeBitCast(second, to: (UInt64, UInt64).self))
     }
 }

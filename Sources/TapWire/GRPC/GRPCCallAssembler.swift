@@ -28,6 +28,8 @@ public struct GRPCCallAssembler: Sendable {
     }
 
     private var calls: [UInt32: OpenCall] = [:]
+    /// Names and values seen before on this connection, made into strings once.
+    private var strings = HeaderStrings()
     public var limits: Limits
     /// Highest stream id and code of the server's GOAWAY; streams above it are refused.
     private var goAway: (lastStream: UInt32, code: UInt32)?
@@ -81,30 +83,29 @@ public struct GRPCCallAssembler: Sendable {
             guard calls.count < limits.maxOpenCalls else {
                 throw WireDecodingError("more than \(limits.maxOpenCalls) calls open at once")
             }
-            var record = GRPCCallRecord(streamID: streamID, path: headers.first(name: ":path") ?? "", startTime: time)
+            let path = headers.firstIndex(name: ":path").map { headers.value(at: $0, strings: &strings) } ?? ""
+            var record = GRPCCallRecord(streamID: streamID, path: path, startTime: time)
             record.requestMetadata.reserveCapacity(headers.count)  // one allocation, not one per doubling
             for index in 0..<headers.count {
-                let rawName = headers.name(at: index)
-                // HTTP/2 requires lower-case names, but a peer may send otherwise; never let a secret slip by case.
-                let name = rawName.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? rawName.lowercased() : rawName
+                let name = lowerCasedName(headers, at: index)
                 switch name {
                 case ":path", ":scheme": continue
-                case ":authority": record.authority = headers.value(at: index)
-                case ":method": record.method = headers.value(at: index)
-                case "content-type": record.contentType = headers.value(at: index)
+                case ":authority": record.authority = headers.value(at: index, strings: &strings)
+                case ":method": record.method = headers.value(at: index, strings: &strings)
+                case "content-type": record.contentType = headers.value(at: index, strings: &strings)
                 case "authorization", "proxy-authorization":
                     record.hadAuthorization = true
                 case "grpc-timeout":
-                    let value = headers.value(at: index)
+                    let value = headers.value(at: index, strings: &strings)
                     record.timeoutNanos = GRPCTimeout.nanoseconds(value)
                     record.requestMetadata.append(HeaderField(name: name, value: value))
                 case "grpc-encoding":
-                    let value = headers.value(at: index)
+                    let value = headers.value(at: index, strings: &strings)
                     record.requestEncoding = value
                     record.requestMetadata.append(HeaderField(name: name, value: value))
                 default:
                     if name.hasPrefix(":") { continue }
-                    record.requestMetadata.append(HeaderField(name: name, value: headers.value(at: index)))
+                    record.requestMetadata.append(HeaderField(name: name, value: headers.value(at: index, strings: &strings)))
                 }
             }
             if endStream { record.requestEndTime = time }
@@ -131,7 +132,7 @@ public struct GRPCCallAssembler: Sendable {
             guard let index = calls.index(forKey: streamID) else { return }
             let first = Self.respond(headers, at: time, call: &calls.values[index])
             if first, !endStream {
-                calls.values[index].record.responseMetadata = Self.metadata(headers)
+                calls.values[index].record.responseMetadata = metadata(headers)
                 if limits.recordEvents { report(.responseHeaders(headers.rawFields), streamID: streamID, at: time) }
                 return
             }
@@ -141,7 +142,7 @@ public struct GRPCCallAssembler: Sendable {
                 report(.trailers(headers.rawFields, trailersOnly: first), streamID: streamID, at: time)
             }
             var call = calls.remove(at: index).value
-            call.record.trailers = Self.metadata(headers)
+            call.record.trailers = metadata(headers)
             Self.takeStatus(from: headers, into: &call.record)
             finish(call, end: first ? .trailersOnly : .trailers, at: time, emit: emit)
         }
@@ -288,13 +289,22 @@ public struct GRPCCallAssembler: Sendable {
         return WireMessage(direction: direction, compressed: message.compressed, length: message.length, pieces: pieces)
     }
 
-    private static func metadata(_ headers: HeaderBlock) -> [HeaderField] {
+    /// The fields of a response block that are not pseudo-headers, as sent.
+    private mutating func metadata(_ headers: HeaderBlock) -> [HeaderField] {
         var fields: [HeaderField] = []
         fields.reserveCapacity(headers.count)
         for index in 0..<headers.count where !headers.isPseudo(at: index) {
-            fields.append(HeaderField(name: headers.name(at: index), value: headers.value(at: index)))
+            fields.append(
+                HeaderField(name: headers.name(at: index, strings: &strings), value: headers.value(at: index, strings: &strings)))
         }
         return fields
+    }
+
+    /// The name of field `index` in lower case. HTTP/2 requires lower-case names, but a peer may send otherwise;
+    /// never let a secret slip by case.
+    private mutating func lowerCasedName(_ headers: HeaderBlock, at index: Int) -> String {
+        let name = headers.name(at: index, strings: &strings)
+        return name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
     }
 
     private static func takeStatus(from headers: HeaderBlock, into record: inout GRPCCallRecord) {

@@ -56,14 +56,42 @@ public struct HeaderBlock: Sendable {
 
     /// The value of the first field named `name` (lower-case; names are compared ignoring ASCII case).
     public func first(name: String) -> String? {
-        let wanted = name.utf8
-        for (index, b) in bounds.enumerated() where Int(b.value - b.name) == wanted.count {
-            let matches = zip(bytes[Int(b.name)..<Int(b.value)], wanted).allSatisfy { sent, lower in
-                sent == lower || (sent >= 0x41 && sent <= 0x5A && sent | 0x20 == lower)
+        firstIndex(name: name).map { value(at: $0) }
+    }
+
+    /// The index of the first field named `name` (lower-case; names are compared ignoring ASCII case).
+    func firstIndex(name: String) -> Int? {
+        var wanted = name
+        return wanted.withUTF8 { wanted in
+            bytes.withUnsafeBufferPointer { bytes in
+                for (index, b) in bounds.enumerated() where Int(b.value - b.name) == wanted.count {
+                    var offset = Int(b.name)
+                    var matches = true
+                    for lower in wanted {
+                        let sent = bytes[offset]
+                        offset += 1
+                        guard sent == lower || (sent >= 0x41 && sent <= 0x5A && sent | 0x20 == lower) else {
+                            matches = false
+                            break
+                        }
+                    }
+                    if matches { return index }
+                }
+                return nil
             }
-            if matches { return value(at: index) }
         }
-        return nil
+    }
+
+    /// Runs `body` on the octets of field `index`'s name.
+    func withName<R>(at index: Int, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        let b = bounds[index]
+        return bytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[Int(b.name)..<Int(b.value)])) }
+    }
+
+    /// Runs `body` on the octets of field `index`'s value.
+    func withValue<R>(at index: Int, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        let b = bounds[index]
+        return bytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[Int(b.value)..<Int(b.end)])) }
     }
 
     /// The fields as name strings and exact values (events for recorders).
