@@ -109,15 +109,17 @@ public final class SpanPipeline: Sendable {
                 return (taken, q.finished, flush)
             }
             let processed = items.count
-            for item in items { process(item, using: &generator, names: &names) }
+            var tally = Counts()
+            for item in items { process(item, using: &generator, names: &names, tally: &tally) }
             items.removeAll(keepingCapacity: true)
             spare = items
             let now = ContinuousClock.now
             if flushRequested || now - lastFlush >= flushInterval {
-                if let observer { write(observer.drain()) }
+                if let observer { write(observer.drain(), tally: &tally) }
                 for sink in sinks { sink.flush() }
                 lastFlush = now
             }
+            add(tally)
             if finished || Task.isCancelled { break }
             pause = processed == 0 ? min(pause * 2, min(flushInterval, .milliseconds(25))) : batchInterval
             do {
@@ -131,8 +133,10 @@ public final class SpanPipeline: Sendable {
             defer { q.items = [] }
             return q.items
         }
-        for item in rest { process(item, using: &generator, names: &names) }
-        if let observer { write(observer.finish()) }
+        var tally = Counts()
+        for item in rest { process(item, using: &generator, names: &names, tally: &tally) }
+        if let observer { write(observer.finish(), tally: &tally) }
+        add(tally)
         for sink in sinks { sink.flush() }
         let c = currentCounts
         logger.info(
@@ -156,29 +160,39 @@ public final class SpanPipeline: Sendable {
         }
     }
 
-    private func process(_ item: Item, using generator: inout SplitMix64, names: inout MethodNames) {
+    /// Adds a batch's counts to the shared ones: one lock per batch, not two per call.
+    private func add(_ tally: Counts) {
+        guard tally.calls > 0 || tally.connections > 0 || tally.spans > 0 else { return }
+        counts.withLock {
+            $0.calls += tally.calls
+            $0.connections += tally.connections
+            $0.spans += tally.spans
+        }
+    }
+
+    private func process(
+        _ item: Item, using generator: inout SplitMix64, names: inout MethodNames, tally: inout Counts
+    ) {
         switch item {
         case .call(let call):
             let span = builder.span(for: call.record, connection: call.connection, using: &generator, names: &names)
-            counts.withLock {
-                $0.calls += 1
-                $0.spans += 1
-            }
+            tally.calls += 1
+            tally.spans += 1
             for sink in sinks { sink.write(span) }
-            if let observer { write(observer.observe(span)) }
+            if let observer { write(observer.observe(span), tally: &tally) }
         case .connection(let summary):
-            counts.withLock { $0.connections += 1 }
+            tally.connections += 1
             metrics?.connectionClosed(summary)
             guard let span = builder.connectionSpan(for: summary) else { return }
-            counts.withLock { $0.spans += 1 }
+            tally.spans += 1
             for sink in sinks { sink.write(span) }
         }
     }
 
     /// Spans that an observer added (git processes from Trace2).
-    private func write(_ spans: [Span]) {
+    private func write(_ spans: [Span], tally: inout Counts) {
         guard !spans.isEmpty else { return }
-        counts.withLock { $0.spans += spans.count }
+        tally.spans += spans.count
         for span in spans {
             for sink in sinks { sink.write(span) }
         }
