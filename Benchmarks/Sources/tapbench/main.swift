@@ -18,6 +18,7 @@ let usage = """
       --tap PATH            the gitaly-tap binary to measure (release build)
       --label NAME          name of the run in the tables and in BENCHMARKS.md
       --markdown FILE       add the run's section to FILE (BENCHMARKS.md)
+  --replace             overwrite FILE's section of a run with the same label (else that is an error)
       --baseline-tap PATH   also run an older gitaly-tap build, for before/after rows
       --quick               fewer calls, 256 MiB streams, short windows
       --calls N             sequential unary calls per path
@@ -56,6 +57,11 @@ do {
         options.label = argument("--label", in: args) ?? options.label
         options.baselineTap = argument("--baseline-tap", in: args)
         options.markdown = argument("--markdown", in: args)
+        if let file = options.markdown, !args.contains("--replace"),
+            let text = try? String(contentsOfFile: file, encoding: .utf8), text.contains("<!-- run:\(options.label) -->")
+        {
+            fail("\(file) already has a run labelled '\(options.label)': choose another --label, or pass --replace to overwrite it")
+        }
         if args.contains("--quick") {
             options.calls = 3000
             options.streamMiB = 256

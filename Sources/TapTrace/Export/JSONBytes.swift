@@ -66,11 +66,6 @@ public struct JSONBytes: ~Copyable {
         count += bytes.count
     }
 
-    /// Bytes copied as they are.
-    mutating func append(_ bytes: [UInt8]) {
-        bytes.withUnsafeBytes { append($0) }
-    }
-
     /// Text copied as it is: structure and keys, which need no escaping.
     mutating func raw(_ text: StaticString) {
         text.withUTF8Buffer { append(UnsafeRawBufferPointer($0)) }

@@ -21,18 +21,24 @@ public enum SpanJSONEncoder {
     /// rendered as JSON (`"key":`, with the separating comma before all but the first).
     struct AttributeLayout: Sendable {
         var order: [Int]
-        var renderedKeys: [[UInt8]]
+        /// The rendered keys back to back, in `order`; key `i` ends at `keyEnds[i]`. One array rather than one per
+        /// key, so writing them retains nothing.
+        var renderedKeys: [UInt8]
+        var keyEnds: [Int]
 
         init(_ attributes: SpanAttributes) {
             let pairs = attributes.pairs
             order = pairs.indices.sorted { pairs[$0].key < pairs[$1].key }
-            renderedKeys = order.enumerated().map { index, position in
-                var bytes = JSONBytes(capacity: 64)
+            var bytes = JSONBytes(capacity: 32 * max(1, pairs.count))
+            keyEnds = []
+            keyEnds.reserveCapacity(order.count)
+            for (index, position) in order.enumerated() {
                 if index > 0 { bytes.byte(UInt8(ascii: ",")) }
                 bytes.string(pairs[position].key)
                 bytes.byte(UInt8(ascii: ":"))
-                return bytes.array
+                keyEnds.append(bytes.count)
             }
+            renderedKeys = bytes.array
         }
     }
 
@@ -130,20 +136,25 @@ public enum SpanJSONEncoder {
     private static func attributes(_ attributes: SpanAttributes, layout: AttributeLayout, into bytes: inout JSONBytes) {
         bytes.byte(UInt8(ascii: "{"))
         let pairs = attributes.pairs
-        for (index, position) in layout.order.enumerated() {
-            bytes.append(layout.renderedKeys[index])
-            switch pairs[position].value {
-            case .string(let text): bytes.string(text)
-            case .int(let number): bytes.signed(number)
-            case .double(let number): bytes.double(number)
-            case .bool(let flag): if flag { bytes.raw("true") } else { bytes.raw("false") }
-            case .stringArray(let texts):
-                bytes.byte(UInt8(ascii: "["))
-                for (index, text) in texts.enumerated() {
-                    if index > 0 { bytes.byte(UInt8(ascii: ",")) }
-                    bytes.string(text)
+        layout.renderedKeys.withUnsafeBytes { keys in
+            var keyStart = 0
+            for (index, position) in layout.order.enumerated() {
+                let keyEnd = layout.keyEnds[index]
+                bytes.append(UnsafeRawBufferPointer(rebasing: keys[keyStart..<keyEnd]))
+                keyStart = keyEnd
+                switch pairs[position].value {
+                case .string(let text): bytes.string(text)
+                case .int(let number): bytes.signed(number)
+                case .double(let number): bytes.double(number)
+                case .bool(let flag): if flag { bytes.raw("true") } else { bytes.raw("false") }
+                case .stringArray(let texts):
+                    bytes.byte(UInt8(ascii: "["))
+                    for (index, text) in texts.enumerated() {
+                        if index > 0 { bytes.byte(UInt8(ascii: ",")) }
+                        bytes.string(text)
+                    }
+                    bytes.byte(UInt8(ascii: "]"))
                 }
-                bytes.byte(UInt8(ascii: "]"))
             }
         }
         bytes.byte(UInt8(ascii: "}"))
