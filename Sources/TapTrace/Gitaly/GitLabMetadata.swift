@@ -1,3 +1,5 @@
+import TapWire
+
 /// Turns the GitLab and Gitaly request metadata (GITALY-WIRE.md §2) into span attributes.
 ///
 /// It reads an allow-list of keys and nothing else, so a secret can only reach a span if someone adds its key
@@ -79,12 +81,18 @@ public enum GitLabMetadata {
     ///   value is not `true`/`false` (any case) are skipped; a `gitaly-sidechannel-id` that is not a decimal
     ///   int64 is skipped rather than logged as a string, so the attribute keeps one type.
     public static func attributes(from metadata: [(name: String, value: String)], capacity: Int = 0) -> SpanAttributes {
+        attributes(from: metadata.map { HeaderField(name: $0.name, value: $0.value) }, capacity: capacity)
+    }
+
+    /// Span attributes from a call's request metadata, as the call assembler keeps it (see the other overload).
+    public static func attributes(from metadata: [HeaderField], capacity: Int = 0) -> SpanAttributes {
         var attributes: SpanAttributes = [:]
         attributes.reserveCapacity(max(capacity, metadata.count))
         var rawClientName: String?
         var enabled: Set<String> = []
         var disabled: Set<String> = []
-        for (name, value) in metadata where !value.isEmpty {
+        for field in metadata where !field.value.isEmpty {
+            let (name, value) = (field.name, field.value)
             switch roles[name] {
             case .string(let key):
                 if attributes[key] == nil { attributes[key] = .string(value) }

@@ -1,3 +1,5 @@
+import TapWire
+
 /// What ``TraceContextExtractor`` found in a request's metadata.
 public struct TraceContextExtraction: Hashable, Sendable {
     /// The caller's context from the highest-precedence valid header, or nil when there is none.
@@ -46,13 +48,20 @@ public enum TraceContextExtractor {
     ///   (W3C §3.3); for the other formats the first value wins. Jaeger `uberctx-*` baggage is attached only to a
     ///   context taken from `uber-trace-id`.
     public static func extract(from metadata: [(name: String, value: String)]) -> TraceContextExtraction {
+        extract(from: metadata.map { HeaderField(name: $0.name, value: $0.value) })
+    }
+
+    /// Extracts the caller's context from a call's request metadata, as the call assembler keeps it (see the other
+    /// overload).
+    public static func extract(from metadata: [HeaderField]) -> TraceContextExtraction {
         var traceparents: [String] = []
         var tracestates: [String] = []
         var uberTraceID: String?
         var b3Single: String?
         var hasB3Multi = false
         var hasBaggage = false
-        for (name, value) in metadata {
+        for field in metadata {
+            let (name, value) = (field.name, field.value)
             switch headers[name] {
             case .traceparent: traceparents.append(value)
             case .tracestate: tracestates.append(value)
@@ -81,14 +90,14 @@ public enum TraceContextExtractor {
         if let uberTraceID {
             let parsed = JaegerParser.parse(uberTraceID).map { jaeger in
                 var jaeger = jaeger
-                if hasBaggage { jaeger.baggage = JaegerParser.baggage(from: metadata) }
+                if hasBaggage { jaeger.baggage = JaegerParser.baggage(from: pairs(metadata)) }
                 return jaeger
             }
             offer(parsed, orBlame: JaegerParser.headerName)
         }
         var b3Results: [B3Parser.Result] = []
         if let b3Single { b3Results.append(B3Parser.parse(single: b3Single)) }
-        if hasB3Multi, let multi = B3Parser.parse(B3Parser.MultiHeaders(metadata: metadata)) {
+        if hasB3Multi, let multi = B3Parser.parse(B3Parser.MultiHeaders(metadata: pairs(metadata))) {
             b3Results.append(multi)
         }
         for result in b3Results {
@@ -99,5 +108,10 @@ public enum TraceContextExtractor {
             }
         }
         return TraceContextExtraction(context: context, malformed: malformed)
+    }
+
+    /// The fields as name–value pairs, for the parsers of the rarer headers.
+    private static func pairs(_ metadata: [HeaderField]) -> [(name: String, value: String)] {
+        metadata.map { (name: $0.name, value: $0.value) }
     }
 }

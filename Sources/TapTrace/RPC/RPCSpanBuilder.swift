@@ -27,7 +27,7 @@ public struct RPCSpanBuilder: Sendable {
         for record: GRPCCallRecord, connection: ConnectionInfo, using generator: inout G, names: inout MethodNames
     ) -> Span {
         let method = names.names(for: record)
-        let metadata = record.requestMetadata.map { (name: $0.name, value: $0.value) }
+        let metadata = record.requestMetadata
         let extraction = TraceContextExtractor.extract(from: metadata)
         // One allocation for the metadata's attributes and the builder's own (up to about 30 with a sidechannel).
         var attributes = GitLabMetadata.attributes(from: metadata, capacity: metadata.count + 32)
