@@ -28,6 +28,18 @@ public struct GRPCCallAssembler: Sendable {
     }
 
     private var calls: [UInt32: OpenCall] = [:]
+
+    /// Request header fields the record keeps apart from the metadata (or drops); any other pseudo-header is
+    /// dropped, any other field is metadata.
+    private enum RequestField: Sendable {
+        case skip, authority, method, contentType, authorization, timeout, encoding
+    }
+
+    private static let requestFields = NameTable<RequestField>([
+        ":path": .skip, ":scheme": .skip, ":authority": .authority, ":method": .method, "content-type": .contentType,
+        "authorization": .authorization, "proxy-authorization": .authorization, "grpc-timeout": .timeout,
+        "grpc-encoding": .encoding,
+    ])
     /// Names and values seen before on this connection, made into strings once.
     private var strings = HeaderStrings()
     public var limits: Limits
@@ -88,23 +100,22 @@ public struct GRPCCallAssembler: Sendable {
             record.requestMetadata.reserveCapacity(headers.count)  // one allocation, not one per doubling
             for index in 0..<headers.count {
                 let name = lowerCasedName(headers, at: index)
-                switch name {
-                case ":path", ":scheme": continue
-                case ":authority": record.authority = headers.value(at: index, strings: &strings)
-                case ":method": record.method = headers.value(at: index, strings: &strings)
-                case "content-type": record.contentType = headers.value(at: index, strings: &strings)
-                case "authorization", "proxy-authorization":
-                    record.hadAuthorization = true
-                case "grpc-timeout":
+                switch Self.requestFields[name] {
+                case .skip: continue
+                case .authority: record.authority = headers.value(at: index, strings: &strings)
+                case .method: record.method = headers.value(at: index, strings: &strings)
+                case .contentType: record.contentType = headers.value(at: index, strings: &strings)
+                case .authorization: record.hadAuthorization = true
+                case .timeout:
                     let value = headers.value(at: index, strings: &strings)
                     record.timeoutNanos = GRPCTimeout.nanoseconds(value)
                     record.requestMetadata.append(HeaderField(name: name, value: value))
-                case "grpc-encoding":
+                case .encoding:
                     let value = headers.value(at: index, strings: &strings)
                     record.requestEncoding = value
                     record.requestMetadata.append(HeaderField(name: name, value: value))
-                default:
-                    if name.hasPrefix(":") { continue }
+                case nil:
+                    if name.utf8.first == UInt8(ascii: ":") { continue }
                     record.requestMetadata.append(HeaderField(name: name, value: headers.value(at: index, strings: &strings)))
                 }
             }
