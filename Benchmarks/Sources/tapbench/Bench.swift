@@ -41,6 +41,8 @@ final class BenchPath {
     /// h2load unary calls/s over TCP (64 streams over 8 connections) and the proxy's CPU µs per call there.
     var h2loadRate: Double?
     var h2loadCPU: Double?
+    /// The part of `h2loadCPU` spent on event-loop threads (nil for proxies that have none).
+    var h2loadEventLoopCPU: Double?
     /// The proxy's CPU microseconds per call, per concurrency level.
     var cpuPerCall: [Int: Double] = [:]
     var download: Double = 0
@@ -396,11 +398,13 @@ final class Bench {
         var calls = [Int](repeating: 0, count: tcpPaths.count)
         var seconds = [Double](repeating: 0, count: tcpPaths.count)
         var cpu = [Double](repeating: 0, count: tcpPaths.count)
+        var eventLoopCPU = [Double](repeating: 0, count: tcpPaths.count)
         for round in 0..<2 {
             let order = round % 2 == 0 ? Array(tcpPaths.indices) : tcpPaths.indices.reversed()
             for index in order {
                 guard case .tcp(let port) = tcpPaths[index].endpoint else { continue }
                 let cpuBefore = tcpPaths[index].child?.cpuSeconds() ?? 0
+                let eventLoopBefore = tcpPaths[index].child?.eventLoopCPUSeconds() ?? 0
                 let start = nowNanos()
                 let output = try shell("/usr/bin/h2load", [
                     "-n", "\(options.h2loadRequests)", "-c", "8", "-m", "8", "-t", "1", "-d", body,
@@ -409,6 +413,7 @@ final class Bench {
                 ])
                 let elapsed = Double(nowNanos() - start) / 1e9
                 cpu[index] += (tcpPaths[index].child?.cpuSeconds() ?? 0) - cpuBefore
+                eventLoopCPU[index] += (tcpPaths[index].child?.eventLoopCPUSeconds() ?? 0) - eventLoopBefore
                 // "requests: 20000 total, 20000 started, 20000 done, 20000 succeeded, 0 failed, ..."
                 // "finished in 1.23s, 16260.16 req/s, ..."
                 guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("requests:") }),
@@ -430,6 +435,7 @@ final class Bench {
         for index in tcpPaths.indices {
             tcpPaths[index].h2loadRate = Double(calls[index]) / seconds[index]
             if tcpPaths[index].child != nil { tcpPaths[index].h2loadCPU = cpu[index] / Double(calls[index]) * 1e6 }
+            if eventLoopCPU[index] > 0 { tcpPaths[index].h2loadEventLoopCPU = eventLoopCPU[index] / Double(calls[index]) * 1e6 }
         }
     }
 

@@ -31,6 +31,9 @@ final class Child {
 
     /// User + system CPU seconds, from /proc/<pid>/stat.
     func cpuSeconds() -> Double { ProcStat.cpuSeconds(pid: pid) }
+    /// User + system CPU seconds of the threads named `NIO-ELT-…` (SwiftNIO's event loops: for the tap, the
+    /// forwarding and decoding; its other threads build and write spans and recordings).
+    func eventLoopCPUSeconds() -> Double { ProcStat.threadCPUSeconds(pid: pid, namePrefix: "NIO-ELT") }
     /// Resident set size in bytes, from /proc/<pid>/status.
     func rssBytes() -> Int { ProcStat.statusField(pid: pid, "VmRSS") }
 }
@@ -39,7 +42,20 @@ enum ProcStat {
     static let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
 
     static func cpuSeconds(pid: Int32) -> Double {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        cpuSeconds(statFile: "/proc/\(pid)/stat")
+    }
+
+    /// CPU seconds of the threads of `pid` whose name starts with `namePrefix`.
+    static func threadCPUSeconds(pid: Int32, namePrefix: String) -> Double {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.reduce(0) { total, task in
+            let comm = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8)) ?? ""
+            return comm.hasPrefix(namePrefix) ? total + cpuSeconds(statFile: "/proc/\(pid)/task/\(task)/stat") : total
+        }
+    }
+
+    private static func cpuSeconds(statFile: String) -> Double {
+        guard let text = try? String(contentsOfFile: statFile, encoding: .utf8),
             let close = text.lastIndex(of: ")")
         else { return 0 }
         // Fields after the command name start at field 3 (state); utime and stime are fields 14 and 15.

@@ -87,12 +87,15 @@ struct Report {
         if paths.contains(where: { $0.h2loadRate != nil }) {
             out.append("#### h2load unary calls over TCP (\(options.h2loadRequests) calls × 2 alternating runs per path; 8 connections × 8 streams, nghttp2's C client)")
             out.append("")
-            out.append("| transport | path | calls/s | ratio | proxy CPU µs/call |")
-            out.append("|---|---|---:|---:|---:|")
+            out.append("| transport | path | calls/s | ratio | proxy CPU µs/call | of which event loops / other threads |")
+            out.append("|---|---|---:|---:|---:|---:|")
             for p in paths {
                 guard let rate = p.h2loadRate else { continue }
                 let base = direct(p.transport)?.h2loadRate ?? 0
-                out.append("| \(p.transport) | \(p.name) | \(String(format: "%.0f", rate)) | \(Self.ratio(rate, base)) | \(p.h2loadCPU.map { String(format: "%.1f", $0) } ?? "–") |")
+                let split = p.h2loadCPU.flatMap { total in
+                    p.h2loadEventLoopCPU.map { String(format: "%.1f / %.1f", $0, total - $0) }
+                } ?? "–"
+                out.append("| \(p.transport) | \(p.name) | \(String(format: "%.0f", rate)) | \(Self.ratio(rate, base)) | \(p.h2loadCPU.map { String(format: "%.1f", $0) } ?? "–") | \(split) |")
             }
             out.append("")
         }

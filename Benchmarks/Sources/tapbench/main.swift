@@ -18,7 +18,7 @@ let usage = """
       --tap PATH            the gitaly-tap binary to measure (release build)
       --label NAME          name of the run in the tables and in BENCHMARKS.md
       --markdown FILE       add the run's section to FILE (BENCHMARKS.md)
-  --replace             overwrite FILE's section of a run with the same label (else that is an error)
+      --replace             overwrite FILE's section of a run with the same label (else that is an error)
       --baseline-tap PATH   also run an older gitaly-tap build, for before/after rows
       --quick               fewer calls, 256 MiB streams, short windows
       --calls N             sequential unary calls per path
