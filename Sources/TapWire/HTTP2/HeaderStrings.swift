@@ -12,7 +12,8 @@ import Glibc
 struct HeaderStrings: Sendable {
     private static let slotCount = 64
     private static let longest = 256
-    private var slots: [String?] = Array(repeating: nil, count: slotCount)
+    /// Allocated at the first string worth keeping: an idle connection pays nothing.
+    private var slots: [String?] = []
 
     /// `bytes` as a string (octets that are not UTF-8 repaired, as `String(decoding:as:)` does).
     mutating func string(_ bytes: UnsafeRawBufferPointer) -> String {
@@ -23,6 +24,7 @@ struct HeaderStrings: Sendable {
         let tail = bytes.loadUnaligned(fromByteOffset: bytes.count - 8, as: UInt64.self)
         let hash = (head ^ (tail &* 0x9E37_79B9_7F4A_7C15) ^ UInt64(bytes.count)) &* 0xBF58_476D_1CE4_E5B9
         let slot = Int(truncatingIfNeeded: hash >> 58)  // the top 6 bits: 64 slots
+        if slots.isEmpty { slots = Array(repeating: nil, count: Self.slotCount) }
         if let cached = slots[slot], Self.same(cached, bytes) { return cached }
         let made = String(decoding: bytes, as: UTF8.self)
         slots[slot] = made
