@@ -98,9 +98,14 @@ final class PeerProcess: @unchecked Sendable {
     }
 
     /// True when the kernel lists a listening unix socket bound to `path` (/proc/net/unix: Flags has __SO_ACCEPTCON).
-    /// Looked up without connecting, so the peer sees no extra connection.
+    /// Looked up without connecting, so the peer sees no extra connection. Read to its end through a file handle:
+    /// `String(contentsOfFile:)` stops after the first 4 KiB of a /proc file, about 45 sockets, and a clean-clone CI
+    /// run with many peers up at once then never saw the tap's socket listen.
     static func isListening(_ path: String) -> Bool {
-        guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return true }
+        guard let data = FileHandle(forReadingAtPath: "/proc/net/unix").flatMap({ try? $0.readToEnd() }) else {
+            return true
+        }
+        let table = String(decoding: data, as: UTF8.self)
         return table.split(separator: "\n").dropFirst().contains { line in
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
             guard fields.count >= 8, fields[7] == path, let flags = UInt32(fields[3], radix: 16) else { return false }
