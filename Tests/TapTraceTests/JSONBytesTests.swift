@@ -80,7 +80,8 @@ struct JSONBytesTests {
     func methodNames() {
         let connection = ConnectionInfo(
             id: 1, transport: "unix", peer: "", listenAddress: "unix:/t", upstreamAddress: "unix:/g", startTimeUnixNano: 1)
-        let paths = (0..<12).map { "/gitaly.Service\($0 % 5)/Method\($0)" } + ["/gitaly.SSHService/SSHUploadPackWithSidechannel", "no-slash", "/a/b/c", ""]
+        let paths = (0..<12).map { "/gitaly.Service\($0 % 5)/Method\($0)" } + ["/gitaly.SSHService/SSHUploadPackWithSidechannel", "no-slash", "/a/b/c", "",
+            "/gitaly.Long/" + String(repeating: "m", count: 300)]
         var names = MethodNames()
         var generator = SystemRandomNumberGenerator()
         for round in 0..<3 {

@@ -237,6 +237,9 @@ public struct MethodNames: Sendable {
     /// Most recently used first.
     private var entries: [Entry] = []
     private static let capacity = 8
+    /// Longer paths are not kept: gRPC paths are far shorter, and a hostile client's megabyte path should not stay
+    /// in memory after its call.
+    private static let longestKept = 256
 
     public init() {}
 
@@ -251,6 +254,7 @@ public struct MethodNames: Sendable {
         let entry = Entry(
             path: path, spanName: path.hasPrefix("/") ? String(path.dropFirst()) : path,
             service: parts?.service, method: parts?.method)
+        guard path.utf8.count <= Self.longestKept else { return entry }
         if entries.count == Self.capacity { entries.removeLast() }
         entries.insert(entry, at: 0)
         return entry
