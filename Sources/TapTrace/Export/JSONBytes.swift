@@ -92,13 +92,9 @@ public struct JSONBytes: ~Copyable {
             at += plain
             for byte in utf8[plain...] {
                 switch byte {
-                case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "\t"):
                     base[at] = UInt8(ascii: "\\")
-                    base[at + 1] = byte
-                    at += 2
-                case UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "\t"):
-                    base[at] = UInt8(ascii: "\\")
-                    base[at + 1] = byte == UInt8(ascii: "\n") ? UInt8(ascii: "n") : byte == UInt8(ascii: "\r") ? UInt8(ascii: "r") : UInt8(ascii: "t")
+                    base[at + 1] = Self.shortEscape(byte)
                     at += 2
                 case 0x00..<0x20:
                     base[at] = UInt8(ascii: "\\")
@@ -181,6 +177,17 @@ public struct JSONBytes: ~Copyable {
             if number < 0 { raw("\"-Infinity\"") } else { raw("\"Infinity\"") }
         } else {
             rawText(number.description)
+        }
+    }
+
+    /// The letter after `\` for the characters with a two-character escape (`"` and `\` stand for themselves).
+    @inline(__always)
+    private static func shortEscape(_ byte: UInt8) -> UInt8 {
+        switch byte {
+        case UInt8(ascii: "\n"): UInt8(ascii: "n")
+        case UInt8(ascii: "\r"): UInt8(ascii: "r")
+        case UInt8(ascii: "\t"): UInt8(ascii: "t")
+        default: byte
         }
     }
 

@@ -32,20 +32,17 @@ public struct HeaderBlock: Sendable {
 
     /// The name of field `index` (lower-case on the HTTP/2 wire; a peer sending otherwise is kept as sent).
     public func name(at index: Int) -> String {
-        let b = bounds[index]
-        return String(decoding: bytes[Int(b.name)..<Int(b.value)], as: UTF8.self)
+        withName(at: index) { String(decoding: $0, as: UTF8.self) }
     }
 
     /// The value of field `index` as text (octets that are not UTF-8 are repaired).
     public func value(at index: Int) -> String {
-        let b = bounds[index]
-        return String(decoding: bytes[Int(b.value)..<Int(b.end)], as: UTF8.self)
+        withValue(at: index) { String(decoding: $0, as: UTF8.self) }
     }
 
     /// The value of field `index`, octet for octet.
     public func valueBytes(at index: Int) -> [UInt8] {
-        let b = bounds[index]
-        return Array(bytes[Int(b.value)..<Int(b.end)])
+        withValue(at: index) { Array($0) }
     }
 
     /// True when field `index` is a pseudo-header (its name starts with `:`).
